@@ -1,0 +1,1 @@
+"""Flower ClientApp, honest and malicious clients, and the colluding coordinator."""

@@ -1,0 +1,3 @@
+"""flwr-byz: Byzantine-resilient aggregation, attacks and experiments for Flower."""
+
+__version__ = "0.1.0"

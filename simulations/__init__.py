@@ -1,0 +1,1 @@
+"""Experiments on the Flower simulation engine: ServerApp, YAML configs, runner, plots."""
