@@ -1,0 +1,42 @@
+"""Attack vectors as pure functions of what the attacker knows (see ALGORITHMS.md, "Attacks")."""
+
+from .alie import alie, z_max
+from .backdoor import (
+    BACKDOOR_TARGET,
+    add_backdoor_trigger,
+    alie_backdoor,
+    alie_backdoor_clip,
+    alie_backdoor_train_step,
+    backdoor_loss,
+)
+from .channel import bit_flip, gambler, shard_bounds
+from .ipm import ipm
+from .lp_coordinate import lp_coordinate, lp_coordinate_gamma
+from .noise import gaussian, label_flip, omniscient_negative, sign_flip
+from .registry import CHANNEL, NAMES, OMNISCIENT, Attack, get
+
+__all__ = [
+    "BACKDOOR_TARGET",
+    "CHANNEL",
+    "NAMES",
+    "OMNISCIENT",
+    "Attack",
+    "add_backdoor_trigger",
+    "alie",
+    "alie_backdoor",
+    "alie_backdoor_clip",
+    "alie_backdoor_train_step",
+    "backdoor_loss",
+    "bit_flip",
+    "gambler",
+    "gaussian",
+    "get",
+    "ipm",
+    "label_flip",
+    "lp_coordinate",
+    "lp_coordinate_gamma",
+    "omniscient_negative",
+    "shard_bounds",
+    "sign_flip",
+    "z_max",
+]

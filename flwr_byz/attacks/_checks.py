@@ -1,0 +1,51 @@
+"""Shared input checks for the attack functions (clear errors instead of garbage)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def honest_matrix(honest: Tensor, attack: str) -> Tensor:
+    """Return ``honest`` as a ``(k, d)`` floating tensor, or raise naming the attack and problem."""
+    if not isinstance(honest, Tensor):
+        raise TypeError(
+            f"{attack}: honest vectors must be a torch.Tensor, got {type(honest).__name__}"
+        )
+    if honest.dim() == 1:
+        honest = honest.unsqueeze(0)
+    if honest.dim() != 2:
+        raise ValueError(
+            f"{attack}: honest vectors must be a (k, d) tensor, got shape {tuple(honest.shape)}"
+        )
+    if honest.shape[0] < 1 or honest.shape[1] < 1:
+        raise ValueError(
+            f"{attack}: need at least one honest vector of dimension >= 1, got shape "
+            f"{tuple(honest.shape)}"
+        )
+    if not torch.is_floating_point(honest):
+        raise TypeError(f"{attack}: honest vectors must be floating point, got {honest.dtype}")
+    if not bool(torch.isfinite(honest).all()):
+        raise ValueError(f"{attack}: honest vectors contain NaN or infinite values")
+    return honest
+
+
+def check_n_f(n: int, f: int, attack: str) -> None:
+    """Check ``0 <= f < n`` (there is at least one honest participant)."""
+    if int(n) != n or int(f) != f:
+        raise TypeError(f"{attack}: n and f must be integers, got n={n!r}, f={f!r}")
+    if n < 1 or f < 0 or f >= n:
+        raise ValueError(f"{attack}: need 0 <= f < n, got n={n}, f={f}")
+
+
+def mean_and_std(honest: Tensor) -> tuple[Tensor, Tensor]:
+    """Coordinate-wise mean and sample standard deviation (Bessel-corrected).
+
+    The ALIE paper (Baruch et al. 2019, Alg. 3 line 4) says only "calculate mean and std"; the
+    reference implementations of ALIE and of the Momentum paper use ``torch.std`` (sample std), so
+    we do too. With a single vector the spread is unknown and sigma is 0.
+    """
+    mu = honest.mean(dim=0)
+    if honest.shape[0] == 1:
+        return mu, torch.zeros_like(mu)
+    return mu, honest.std(dim=0, correction=1)

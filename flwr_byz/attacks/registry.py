@@ -1,0 +1,61 @@
+"""Name -> attack registry, with what each attack needs to know."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .alie import alie
+from .backdoor import alie_backdoor
+from .channel import bit_flip, gambler
+from .ipm import ipm
+from .lp_coordinate import lp_coordinate
+from .noise import gaussian, label_flip, omniscient_negative, sign_flip
+
+NEEDS = ("omniscient", "own", "none", "channel")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """An attack and its threat model.
+
+    ``needs``: "omniscient" (the honest vectors of the round, gathered by a coordinator), "own"
+    (the client's own vector or data), "none" (nothing) or "channel" (applied to the received
+    ``(n, d)`` tensor, not by a client). ``colluders_only_ok``: the attack may also run on the
+    colluders' own honest vectors only (non-omniscient ALIE and its backdoor).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    needs: str
+    colluders_only_ok: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+_ATTACKS = (
+    Attack("alie", alie, "omniscient", colluders_only_ok=True),
+    Attack("ipm", ipm, "omniscient"),
+    Attack("lp_coordinate", lp_coordinate, "omniscient"),
+    Attack("gaussian", gaussian, "none"),
+    Attack("omniscient_negative", omniscient_negative, "omniscient"),
+    Attack("sign_flip", sign_flip, "own"),
+    Attack("label_flip", label_flip, "own"),
+    Attack("bit_flip", bit_flip, "channel"),
+    Attack("gambler", gambler, "channel"),
+    Attack("alie_backdoor", alie_backdoor, "omniscient", colluders_only_ok=True),
+)
+REGISTRY: dict[str, Attack] = {attack.name: attack for attack in _ATTACKS}
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+OMNISCIENT: frozenset[str] = frozenset(a.name for a in _ATTACKS if a.needs == "omniscient")
+CHANNEL: frozenset[str] = frozenset(a.name for a in _ATTACKS if a.needs == "channel")
+
+
+def get(name: str) -> Attack:
+    """The ``Attack`` registered under ``name``; unknown names raise ``ValueError`` listing all."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(NAMES)}") from None
