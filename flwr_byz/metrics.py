@@ -1,0 +1,99 @@
+"""Round diagnostics of the Momentum paper (El-Mhamdi et al. 2020), as pure torch functions.
+
+- variance-norm ratio: ``mean_i ||g_i - g_bar||^2 / ||g_bar||^2`` over the honest submissions;
+- Krum's robustness condition (eq. 3): ``2 kappa(n, f) variance < ||g_bar||^2``;
+- Median's robustness condition (eq. 4): ``(n - f) variance < ||g_bar||^2``;
+- Byzantine influence: the share of the aggregate that came from Byzantine inputs.
+
+"variance" is ``mean_i ||g_i - g_bar||^2`` (the same quantity as the ratio's numerator). All sums
+are computed in float64 so that the conditions do not flip on rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "byzantine_influence",
+    "honest_statistics",
+    "kappa",
+    "krum_condition",
+    "median_condition",
+    "variance_norm_ratio",
+]
+
+
+def _check_honest(honest: Tensor) -> None:
+    if honest.dim() != 2 or honest.shape[0] < 1:
+        raise ValueError(
+            f"honest vectors must be a (k, d) tensor with k >= 1, got shape {tuple(honest.shape)}"
+        )
+
+
+def honest_statistics(honest: Tensor) -> tuple[float, float]:
+    """Return ``(variance, squared_norm_of_mean)`` of the ``(k, d)`` honest vectors, in float64.
+
+    variance = ``mean_i ||g_i - g_bar||^2``; squared_norm_of_mean = ``||g_bar||^2``.
+    """
+    _check_honest(honest)
+    honest64 = honest.to(torch.float64)
+    mean = honest64.mean(dim=0)
+    variance = (honest64 - mean).pow(2).sum(dim=1).mean()
+    return float(variance), float(mean.pow(2).sum())
+
+
+def variance_norm_ratio(honest: Tensor) -> float:
+    """``mean_i ||g_i - g_bar||^2 / ||g_bar||^2`` (Momentum paper); ``inf`` when ``g_bar = 0``
+    and the variance is positive, ``0.0`` when both are zero."""
+    variance, norm2 = honest_statistics(honest)
+    if norm2 == 0.0:
+        return 0.0 if variance == 0.0 else math.inf
+    return variance / norm2
+
+
+def kappa(n: int, f: int) -> float:
+    """Momentum paper eq. 3: ``kappa = n - f + (f (n-f-2) + f^2 (n-f-1)) / (n - 2f - 2)``.
+
+    ``f = 0`` gives ``n``; for ``f > 0`` and ``n <= 2f + 2`` the bound does not exist: ``inf``.
+    """
+    if n < 1 or f < 0:
+        raise ValueError(f"kappa needs n >= 1 and f >= 0, got n={n}, f={f}")
+    if f == 0:
+        return float(n)
+    denominator = n - 2 * f - 2
+    if denominator <= 0:
+        return math.inf
+    return n - f + (f * (n - f - 2) + f * f * (n - f - 1)) / denominator
+
+
+def krum_condition(honest: Tensor, n: int, f: int) -> bool:
+    """Whether ``2 kappa(n, f) variance < ||g_bar||^2`` held for these honest vectors (eq. 3)."""
+    variance, norm2 = honest_statistics(honest)
+    k = kappa(n, f)
+    if math.isinf(k):
+        return False
+    return 2.0 * k * variance < norm2
+
+
+def median_condition(honest: Tensor, n: int, f: int) -> bool:
+    """Whether ``(n - f) variance < ||g_bar||^2`` held for these honest vectors (eq. 4)."""
+    variance, norm2 = honest_statistics(honest)
+    return (n - f) * variance < norm2
+
+
+def byzantine_influence(participation: Tensor, byzantine: Tensor) -> float:
+    """Summed participation of the Byzantine inputs: the share of the output that came from them.
+
+    ``participation``: ``(n,)`` shares summing to 1 (``Aggregation.participation``);
+    ``byzantine``: ``(n,)`` bool mask of the inputs that are Byzantine.
+    """
+    if participation.shape != byzantine.shape or participation.dim() != 1:
+        raise ValueError(
+            "participation and byzantine mask must both be (n,), got "
+            f"{tuple(participation.shape)} and {tuple(byzantine.shape)}"
+        )
+    mask = byzantine.to(device=participation.device, dtype=torch.bool)
+    return float(participation.to(torch.float64)[mask].sum())

@@ -1,0 +1,72 @@
+"""Byzantine-resilient Flower strategies (Message API; ``legacy`` for ``flwr.server.strategy``).
+
+Each class runs one rule of :mod:`flwr_byz.gars` on the replies of a round, on one flat ``(n, d)``
+tensor, after excluding (and reporting) unusable replies. See docs/strategies.md.
+"""
+
+from flwr_byz.strategy.core import (
+    RobustAggregator,
+    RoundReport,
+    Submission,
+    TooFewRepliesError,
+    resolve_device,
+)
+from flwr_byz.strategy.layout import ModelLayout
+from flwr_byz.strategy.message_api import (
+    Average,
+    Brute,
+    Bulyan,
+    GeometricMedian,
+    Krum,
+    MeaMed,
+    Median,
+    Medoid,
+    MultiKrum,
+    Phocas,
+    RobustStrategy,
+    TrimmedMean,
+)
+from flwr_byz.strategy.server_update import UPDATE_MODES, ServerOptimizer, ServerUpdateConfig
+
+#: Strategy class of each rule name of ``flwr_byz.gars.NAMES``.
+STRATEGIES: dict[str, type[RobustStrategy]] = {
+    cls.rule_name: cls
+    for cls in (
+        Average,
+        Median,
+        TrimmedMean,
+        Phocas,
+        MeaMed,
+        Krum,
+        MultiKrum,
+        Medoid,
+        GeometricMedian,
+        Brute,
+        Bulyan,
+    )
+}
+
+__all__ = [
+    "STRATEGIES",
+    "UPDATE_MODES",
+    "Average",
+    "Brute",
+    "Bulyan",
+    "GeometricMedian",
+    "Krum",
+    "MeaMed",
+    "Median",
+    "Medoid",
+    "ModelLayout",
+    "MultiKrum",
+    "Phocas",
+    "RobustAggregator",
+    "RobustStrategy",
+    "RoundReport",
+    "ServerOptimizer",
+    "ServerUpdateConfig",
+    "Submission",
+    "TooFewRepliesError",
+    "TrimmedMean",
+    "resolve_device",
+]

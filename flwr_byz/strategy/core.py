@@ -1,0 +1,385 @@
+"""The Flower-free engine under both strategy APIs: check replies, aggregate robustly, step, report.
+
+One round: submissions (node id + named numpy arrays, or the reason they are unusable) are checked
+against the global model's layout (keys, shapes, dtypes, finite values); bad ones are excluded and
+reported; the accepted ones become one ``(n', d)`` tensor on the device (gradients, or deltas
+``reply - global`` in weights mode); the GAR (``flwr_byz.gars``) runs with ``f' = max(0, f - k)``
+for ``k`` excluded; the server step (:mod:`.server_update`) gives the next model. Round metrics
+follow docs/ARCHITECTURE.md section 4 and ALGORITHMS.md ("Momentum and metrics").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+
+from flwr_byz import gars
+from flwr_byz import metrics as round_metrics
+from flwr_byz.strategy.layout import ModelLayout
+from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
+
+__all__ = [
+    "ON_TOO_FEW",
+    "RobustAggregator",
+    "RoundReport",
+    "Submission",
+    "TooFewRepliesError",
+    "resolve_device",
+]
+
+ON_TOO_FEW = ("keep", "raise")
+
+
+def _finite_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """Bool ``(n,)``: rows whose values are all finite.
+
+    A row's sum is finite only if all its values are (NaN and inf propagate), so one reduction
+    settles almost every row; only rows whose sum is not finite (a non-finite value, or finite
+    values whose sum overflows) get the exact element-wise check.
+    """
+    finite = torch.isfinite(vectors.sum(dim=1))
+    suspects = (~finite).nonzero().flatten()
+    if suspects.numel():
+        finite[suspects] = torch.isfinite(vectors[suspects]).all(dim=1)
+    return finite
+
+
+class TooFewRepliesError(RuntimeError):
+    """Too few usable replies for the rule, with ``on_too_few="raise"``."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+@dataclass
+class Submission:
+    """One node's reply, reduced to what the engine needs.
+
+    ``arrays`` is None when the reply carried no usable arrays; ``problem`` then (or whenever set)
+    says why, and the submission is excluded.
+    """
+
+    node_id: int
+    arrays: Mapping[str, Any] | None
+    problem: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round, for programmatic use (``strategy.last_round_report``)."""
+
+    server_round: int
+    replies: int
+    accepted_node_ids: list[int]
+    excluded: list[tuple[int, str]]
+    num_byzantine: int
+    selected_node_ids: list[int] | None = None
+    participation: dict[int, float] = field(default_factory=dict)
+    dropouts: int = 0
+    kept_model: bool = False
+    reason_kept: str | None = None
+    learning_rate: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def excluded_reasons(self) -> dict[int, str]:
+        """Excluded node id -> reason (last one wins if a node replied twice)."""
+        return dict(self.excluded)
+
+
+class RobustAggregator:
+    """Checks, robust aggregation and server step of one federation; knows nothing of Flower.
+
+    Args:
+        rule: a name in ``flwr_byz.gars.NAMES``.
+        num_byzantine: declared ``f``.
+        rule_options: the rule's keyword options (``b``, ``m``, ``selector``, ...).
+        device: where the ``(n, d)`` tensor and the rule run (``"auto"``: CUDA when available).
+        update: the server step (:class:`ServerUpdateConfig`).
+        on_too_few: ``"keep"`` the model or ``"raise"`` :class:`TooFewRepliesError` when the usable
+            replies are fewer than the rule needs (also when the rule itself refuses them).
+        honest_node_ids: node ids known to be honest (a simulation sets it) for the honest-only
+            metrics; every other accepted node counts as Byzantine.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        num_byzantine: int,
+        rule_options: Mapping[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        update: ServerUpdateConfig | None = None,
+        on_too_few: str = "keep",
+        honest_node_ids: Collection[int] | None = None,
+    ) -> None:
+        if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int):
+            raise TypeError(f"num_byzantine must be an int, got {type(num_byzantine).__name__}")
+        if num_byzantine < 0:
+            raise ValueError(f"num_byzantine must be >= 0, got {num_byzantine}")
+        if on_too_few not in ON_TOO_FEW:
+            raise ValueError(f"on_too_few must be one of {ON_TOO_FEW}, got {on_too_few!r}")
+        self.rule = gars.get(rule)
+        self.num_byzantine = num_byzantine
+        self.rule_options: dict[str, Any] = dict(rule_options or {})
+        self.min_replies = self.rule.min_n(num_byzantine, **self.rule_options)  # checks options
+        self.device = resolve_device(device)
+        self.update = update or ServerUpdateConfig()
+        self.optimizer = ServerOptimizer(self.update)
+        self.on_too_few = on_too_few
+        self.honest_node_ids = honest_node_ids
+        self.last_round_report: RoundReport | None = None
+        self._global: dict[str, np.ndarray] | None = None
+        self._layout: ModelLayout | None = None
+        self._buffer: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def honest_node_ids(self) -> frozenset[int] | None:
+        """Node ids known to be honest, or None (honest-only metrics off)."""
+        return self._honest
+
+    @honest_node_ids.setter
+    def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
+        self._honest = None if node_ids is None else frozenset(int(i) for i in node_ids)
+
+    @property
+    def layout(self) -> ModelLayout | None:
+        """Layout of the remembered global model."""
+        return self._layout
+
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray] | None:
+        """The remembered global model of the current round."""
+        return self._global
+
+    def set_global(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Remember the global model sent out this round (replies are checked against it)."""
+        layout = ModelLayout(arrays)
+        if self._layout is not None and [(s.key, s.shape, s.dtype) for s in layout.specs] != [
+            (s.key, s.shape, s.dtype) for s in self._layout.specs
+        ]:
+            self.optimizer.reset()
+        self._global = dict(arrays)
+        self._layout = layout
+
+    def _row_buffer(self, layout: ModelLayout, rows: int) -> np.ndarray:
+        """A host buffer for the ``(n, d)`` rows, kept across rounds (no fresh pages each round)."""
+        buffer = self._buffer
+        if (
+            buffer is None
+            or buffer.shape[0] < rows
+            or buffer.shape[1] != layout.dim
+            or buffer.dtype != layout.numpy_dtype
+        ):
+            buffer = np.empty((rows, layout.dim), dtype=layout.numpy_dtype)
+            self._buffer = buffer
+        return buffer
+
+    def learning_rate_at(self, server_round: int) -> float:
+        """The server learning rate ``eta_t`` of this round."""
+        return self.update.learning_rate_at(server_round)
+
+    # ------------------------------------------------------------------ round
+    def aggregate(
+        self,
+        server_round: int,
+        submissions: Sequence[Submission],
+        missing_node_ids: Collection[int] = (),
+    ) -> tuple[dict[str, np.ndarray], RoundReport]:
+        """Run one round; return the next global arrays and the round's report.
+
+        ``missing_node_ids``: nodes asked to train that did not reply (dropouts): excluded like bad
+        replies (they count in ``f' = max(0, f - k)``) and counted in the ``dropouts`` metric.
+        The arrays are the unchanged global model when too few replies are usable
+        (``on_too_few="keep"``).
+        """
+        if self._global is None or self._layout is None:
+            raise RuntimeError(
+                "no global model remembered for this round: call set_global() (configure_train "
+                "does it) before aggregating"
+            )
+        layout, global_arrays = self._layout, self._global
+        report = RoundReport(
+            server_round=server_round,
+            replies=len(submissions),
+            accepted_node_ids=[],
+            excluded=[],
+            num_byzantine=self.num_byzantine,
+            dropouts=len(missing_node_ids),
+        )
+        report.excluded.extend(
+            (node, "no reply (dropped out or timed out)") for node in missing_node_ids
+        )
+
+        # 1. structural checks
+        candidates: list[Submission] = []
+        for sub in submissions:
+            problem = sub.problem
+            if problem is None and sub.arrays is None:
+                problem = "no arrays in reply"
+            if problem is None:
+                problem = layout.check(sub.arrays)  # type: ignore[arg-type]
+            if problem is None:
+                candidates.append(sub)
+            else:
+                report.excluded.append((sub.node_id, problem))
+
+        # 2. one tensor on the device; vectors = gradients, or deltas in weights mode
+        rows = layout.stack(
+            [sub.arrays for sub in candidates],  # type: ignore[misc]
+            device=self.device,
+            buffer=self._row_buffer(layout, len(candidates)),
+        )
+        theta = layout.flatten(global_arrays, device=self.device)
+        vectors = rows if self.update.update_mode == "gradient" else rows.sub_(theta)
+        finite_cpu = _finite_rows(vectors).cpu()
+        if not bool(finite_cpu.all()):
+            bad_counts = (~torch.isfinite(vectors)).sum(dim=1).cpu()
+            kept: list[Submission] = []
+            for i, sub in enumerate(candidates):
+                if bool(finite_cpu[i]):
+                    kept.append(sub)
+                else:
+                    what = "gradient" if self.update.update_mode == "gradient" else "update"
+                    report.excluded.append(
+                        (
+                            sub.node_id,
+                            f"non-finite {what}: {int(bad_counts[i])} of {layout.dim} coordinates",
+                        )
+                    )
+            candidates = kept
+            vectors = vectors[finite_cpu.to(vectors.device)]
+        for node_id, reason in report.excluded:
+            log(WARNING, "round %d: excluded reply from node %s: %s", server_round, node_id, reason)
+
+        accepted = [sub.node_id for sub in candidates]
+        report.accepted_node_ids = accepted
+        n = len(accepted)
+        f = max(0, self.num_byzantine - len(report.excluded))
+        report.num_byzantine = f
+        report.learning_rate = self.learning_rate_at(server_round)
+
+        # 3. the rule
+        needed = self.rule.min_n(f, **self.rule_options)
+        agg_seconds = 0.0
+        aggregation = None
+        if n == 0 or n < needed:
+            report.reason_kept = (
+                f"{self.rule.name} needs n >= {needed} usable replies for f={f}, got n={n} "
+                f"({len(report.excluded)} excluded or missing of "
+                f"{len(submissions) + report.dropouts})"
+            )
+        else:
+            start = time.perf_counter()
+            try:
+                aggregation = self.rule.aggregate(vectors, f, **self.rule_options)
+                if aggregation.vector.device.type == "cuda":
+                    torch.cuda.synchronize(aggregation.vector.device)
+            except ValueError as err:
+                report.reason_kept = f"{self.rule.name} refused the round: {err}"
+            agg_seconds = time.perf_counter() - start
+            if aggregation is not None and not bool(torch.isfinite(aggregation.vector).all()):
+                report.reason_kept = f"{self.rule.name} returned a non-finite aggregate"
+                aggregation = None
+
+        new_theta = None
+        if aggregation is not None:
+            saved_buffer = self.optimizer.momentum_buffer
+            new_theta = self.optimizer.step(theta, aggregation.vector.to(theta.dtype), server_round)
+            if not bool(torch.isfinite(new_theta).all()):  # e.g. overflow of a huge finite step
+                self.optimizer.momentum_buffer = saved_buffer
+                report.reason_kept = "the server step overflowed to non-finite values"
+                aggregation, new_theta = None, None
+
+        if aggregation is None or new_theta is None:
+            report.kept_model = True
+            if self.on_too_few == "raise":
+                raise TooFewRepliesError(f"round {server_round}: {report.reason_kept}")
+            log(WARNING, "round %d: model kept unchanged: %s", server_round, report.reason_kept)
+            new_arrays = global_arrays
+        else:
+            new_arrays = layout.unflatten(new_theta, global_arrays)
+            participation = aggregation.participation.detach().to("cpu", torch.float64)
+            report.participation = {
+                node_id: float(share)
+                for node_id, share in zip(accepted, participation.tolist(), strict=True)
+            }
+            if self.rule.selects and aggregation.selected is not None:
+                report.selected_node_ids = [accepted[int(i)] for i in aggregation.selected.tolist()]
+            log(
+                INFO,
+                "round %d: %s aggregated %d replies (f=%d, %d excluded) in %.4fs",
+                server_round,
+                self.rule.name,
+                n,
+                f,
+                len(report.excluded),
+                agg_seconds,
+            )
+
+        report.metrics = self._round_metrics(report, candidates, vectors, aggregation, agg_seconds)
+        self.last_round_report = report
+        return new_arrays, report
+
+    # ------------------------------------------------------------------ metrics
+    def _round_metrics(
+        self,
+        report: RoundReport,
+        accepted: Sequence[Submission],
+        vectors: torch.Tensor,
+        aggregation: gars.Aggregation | None,
+        agg_seconds: float,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "replies": report.replies,
+            "excluded": len(report.excluded),
+            "dropouts": report.dropouts,
+            "agg-seconds": agg_seconds,
+            "kept-model": 1.0 if report.kept_model else 0.0,
+        }
+        if report.selected_node_ids is not None:
+            out["selected-nodes"] = list(report.selected_node_ids)
+        honest = self._honest
+        if honest is not None:
+            mask = torch.tensor([sub.node_id in honest for sub in accepted], dtype=torch.bool)
+            n, f = len(accepted), report.num_byzantine
+            if bool(mask.any()):
+                honest_vectors = vectors[mask.to(vectors.device)]
+                out["variance-norm-ratio"] = round_metrics.variance_norm_ratio(honest_vectors)
+                out["krum-condition"] = float(round_metrics.krum_condition(honest_vectors, n, f))
+                out["median-condition"] = float(
+                    round_metrics.median_condition(honest_vectors, n, f)
+                )
+            if aggregation is not None:
+                out["byzantine-influence"] = round_metrics.byzantine_influence(
+                    aggregation.participation.detach().to("cpu"), ~mask
+                )
+            loss_from = [sub for sub in accepted if sub.node_id in honest]
+        else:
+            loss_from = list(accepted)
+        losses = [
+            float(sub.metrics["train-loss"])
+            for sub in loss_from
+            if isinstance(sub.metrics.get("train-loss"), int | float)
+            and not isinstance(sub.metrics.get("train-loss"), bool)
+            and math.isfinite(float(sub.metrics["train-loss"]))
+        ]
+        if losses:
+            out["train-loss"] = sum(losses) / len(losses)
+        return out

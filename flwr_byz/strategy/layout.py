@@ -1,0 +1,141 @@
+"""Model layout: named arrays <-> one flat vector, and the checks that a reply matches the model.
+
+The GAR kernels see one ``(n, d)`` tensor (ALGORITHMS.md: "the dimensions of the model may arrive as
+several tensors: aggregation treats them as one flat vector"). Only floating-point arrays are
+aggregated; integer and bool buffers (BatchNorm's ``num_batches_tracked``) are taken from the global
+model unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ArraySpec", "ModelLayout"]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One named array of the model and, when aggregated, its slice of the flat vector."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    aggregated: bool
+    offset: int
+    size: int
+
+
+def _as_ndarray(value: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"expected a numpy ndarray, got {type(value).__name__}")
+    return value
+
+
+class ModelLayout:
+    """Keys, shapes and dtypes of the global model, and the flat packing of its float arrays."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        specs: list[ArraySpec] = []
+        offset = 0
+        float64 = False
+        for key, value in arrays.items():
+            array = _as_ndarray(value)
+            aggregated = bool(np.issubdtype(array.dtype, np.floating))
+            size = int(array.size) if aggregated else 0
+            specs.append(ArraySpec(key, tuple(array.shape), array.dtype, aggregated, offset, size))
+            offset += size
+            float64 = float64 or (aggregated and array.dtype.itemsize > 4)
+        self.specs: tuple[ArraySpec, ...] = tuple(specs)
+        self.dim: int = offset
+        # float16 models are aggregated in float32; float64 models in float64.
+        self.dtype: torch.dtype = torch.float64 if float64 else torch.float32
+
+    @property
+    def keys(self) -> list[str]:
+        """The model's array names, in order."""
+        return [spec.key for spec in self.specs]
+
+    def check(self, arrays: Mapping[str, object]) -> str | None:
+        """Why ``arrays`` does not match the model (missing/extra keys, shape, dtype), or None."""
+        expected = {spec.key for spec in self.specs}
+        got = set(arrays.keys())
+        if missing := expected - got:
+            return f"missing keys {sorted(missing)}"
+        if extra := got - expected:
+            return f"unexpected keys {sorted(extra)}"
+        for spec in self.specs:
+            value = arrays[spec.key]
+            if not isinstance(value, np.ndarray):
+                return f"array {spec.key!r} is a {type(value).__name__}, not an ndarray"
+            if tuple(value.shape) != spec.shape:
+                return f"array {spec.key!r} has shape {tuple(value.shape)}, expected {spec.shape}"
+            if value.dtype != spec.dtype:
+                return f"array {spec.key!r} has dtype {value.dtype}, expected {spec.dtype}"
+        return None
+
+    def flatten(
+        self, arrays: Mapping[str, np.ndarray], device: torch.device | None = None
+    ) -> Tensor:
+        """The aggregated arrays of one (checked) model as a ``(d,)`` tensor on ``device``."""
+        return self.stack([arrays], device=device)[0]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """numpy twin of :attr:`dtype`."""
+        return np.dtype(np.float64 if self.dtype == torch.float64 else np.float32)
+
+    def stack(
+        self,
+        models: Sequence[Mapping[str, np.ndarray]],
+        device: torch.device | None = None,
+        buffer: np.ndarray | None = None,
+    ) -> Tensor:
+        """The ``(n, d)`` tensor of ``n`` (checked) models, one row each, on ``device``.
+
+        Filled on the CPU by one numpy copy per array (no loop over coordinates), then moved once.
+        ``buffer``: a reusable ``(>= n, d)`` array of :attr:`numpy_dtype` to fill (saves the page
+        faults of a fresh allocation every round); on the CPU the result shares its memory.
+        """
+        shape = (len(models), self.dim)
+        if buffer is None:
+            out = np.empty(shape, dtype=self.numpy_dtype)
+        elif buffer.dtype != self.numpy_dtype or buffer.ndim != 2 or buffer.shape[1] != self.dim:
+            raise ValueError(
+                f"buffer must be (>= {shape[0]}, {self.dim}) {self.numpy_dtype}, got "
+                f"{buffer.shape} {buffer.dtype}"
+            )
+        elif buffer.shape[0] < shape[0]:
+            raise ValueError(f"buffer has {buffer.shape[0]} rows, {shape[0]} needed")
+        else:
+            out = buffer[: shape[0]]
+        for row, arrays in enumerate(models):
+            for spec in self.specs:
+                if spec.aggregated:
+                    # numpy casts (float16, byte order) while copying; reshape is a view
+                    out[row, spec.offset : spec.offset + spec.size] = arrays[spec.key].reshape(-1)
+        tensor = torch.from_numpy(out)
+        if device is not None and tensor.device != torch.device(device):
+            tensor = tensor.to(device)
+        return tensor
+
+    def unflatten(self, vector: Tensor, base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named arrays from the flat ``vector``; non-aggregated arrays are copied from ``base``.
+
+        Each array gets back the shape and dtype of the model.
+        """
+        if vector.shape != (self.dim,):
+            raise ValueError(f"flat vector has shape {tuple(vector.shape)}, expected ({self.dim},)")
+        flat = vector.detach().to("cpu")
+        result: dict[str, np.ndarray] = {}
+        for spec in self.specs:
+            if spec.aggregated:
+                piece = flat[spec.offset : spec.offset + spec.size].numpy()
+                result[spec.key] = piece.astype(spec.dtype, copy=True).reshape(spec.shape)
+            else:
+                result[spec.key] = np.array(base[spec.key], dtype=spec.dtype, copy=True)
+        return result

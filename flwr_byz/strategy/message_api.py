@@ -1,0 +1,421 @@
+"""Robust strategies for Flower's Message API (``flwr.serverapp.strategy``).
+
+``RobustStrategy`` subclasses Flower's ``FedAvg`` (sampling, message construction, evaluation) and
+replaces its weighted average by a Byzantine-resilient rule of ``flwr_byz.gars``, run by the
+Flower-free :class:`~flwr_byz.strategy.core.RobustAggregator`. Replies are never weighted by
+``num-examples``; bad replies are excluded and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Collection, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SType
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from numpy.lib import format as npy_format
+
+from flwr_byz.strategy.core import RobustAggregator, RoundReport, Submission
+from flwr_byz.strategy.server_update import ServerUpdateConfig
+
+__all__ = [
+    "Average",
+    "Brute",
+    "Bulyan",
+    "GeometricMedian",
+    "Krum",
+    "MeaMed",
+    "Median",
+    "Medoid",
+    "MultiKrum",
+    "Phocas",
+    "RobustStrategy",
+    "TrimmedMean",
+    "array_to_numpy",
+    "decode_arrayrecord",
+]
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """A read-only numpy view of an ``Array``'s ``.npy`` bytes (no copy, unlike ``Array.numpy()``).
+
+    Same safety as Flower's (never unpickles: object dtypes are refused); malformed bytes raise.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"unsupported serialization type {array.stype!r}")
+    data = array.data
+    stream = io.BytesIO(data)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they would need unpickling)")
+    count = math.prod(shape)
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def decode_arrayrecord(record: ArrayRecord) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Named numpy arrays of an ``ArrayRecord``, or ``(None, why)`` when one cannot be decoded."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in record.items():
+        if not isinstance(value, Array):
+            return None, f"entry {key!r} is a {type(value).__name__}, not an Array"
+        try:
+            arrays[key] = array_to_numpy(value)
+        except Exception as err:  # noqa: BLE001 - any decoding failure excludes the reply
+            return None, f"array {key!r} cannot be decoded: {type(err).__name__}: {err}"
+    return arrays, None
+
+
+def _reply_metrics(message: Message) -> dict[str, Any]:
+    """The reply's scalar metrics (all its MetricRecords merged)."""
+    merged: dict[str, Any] = {}
+    for record in message.content.metric_records.values():
+        merged.update(record)
+    return merged
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg's plumbing with a robust rule in place of the weighted average.
+
+    Args:
+        rule: a name in ``flwr_byz.gars.NAMES`` (the thin subclasses fix it).
+        num_byzantine: declared number ``f`` of Byzantine nodes per round.
+        rule_options: the rule's keyword options (``b``, ``m``, ``selector``, ...).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
+        update_mode: ``"weights"`` (replies are trained weights; deltas are aggregated) or
+            ``"gradient"`` (replies are gradients or worker momenta; the server takes an SGD step).
+        learning_rate, lr_schedule_r, server_momentum, weight_decay, clip_norm: the server step,
+            see :mod:`flwr_byz.strategy.server_update`.
+        on_too_few: ``"keep"`` the model unchanged or ``"raise"`` when too few usable replies.
+        honest_node_ids: node ids known honest (settable later) for the honest-only metrics.
+        **fedavg_kwargs: FedAvg's ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``,
+            ``min_evaluate_nodes``, ``min_available_nodes``, ``arrayrecord_key``, ...
+    """
+
+    rule_name: str = ""
+
+    def __init__(
+        self,
+        rule: str | None = None,
+        *,
+        num_byzantine: int = 0,
+        rule_options: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        update_mode: str = "weights",
+        learning_rate: float | None = None,
+        lr_schedule_r: float | None = None,
+        server_momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        on_too_few: str = "keep",
+        honest_node_ids: Collection[int] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        rule = rule or self.rule_name
+        if not rule:
+            raise ValueError("RobustStrategy needs a rule name (one of flwr_byz.gars.NAMES)")
+        self.aggregator = RobustAggregator(
+            rule,
+            num_byzantine,
+            rule_options=rule_options,
+            device=device,
+            update=ServerUpdateConfig(
+                update_mode=update_mode,
+                learning_rate=learning_rate,
+                lr_schedule_r=lr_schedule_r,
+                server_momentum=server_momentum,
+                weight_decay=weight_decay,
+                clip_norm=clip_norm,
+            ),
+            on_too_few=on_too_few,
+            honest_node_ids=honest_node_ids,
+        )
+        self._global_record: ArrayRecord | None = None
+        self._expected_nodes: list[int] = []
+
+    # -------------------------------------------------------------- properties
+    @property
+    def num_byzantine(self) -> int:
+        """Declared ``f``."""
+        return self.aggregator.num_byzantine
+
+    @property
+    def update_mode(self) -> str:
+        """``"weights"`` or ``"gradient"``."""
+        return self.aggregator.update.update_mode
+
+    @property
+    def device(self) -> torch.device:
+        """Where aggregation runs."""
+        return self.aggregator.device
+
+    @property
+    def honest_node_ids(self) -> frozenset[int] | None:
+        """Node ids known to be honest (None: honest-only metrics off)."""
+        return self.aggregator.honest_node_ids
+
+    @honest_node_ids.setter
+    def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
+        self.aggregator.honest_node_ids = node_ids
+
+    @property
+    def last_round_report(self) -> RoundReport | None:
+        """The last round's report: accepted, excluded (node id, reason), selected, ..."""
+        return self.aggregator.last_round_report
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        super().summary()
+        cfg = self.aggregator.update
+        log(
+            INFO,
+            "\t└──> Robust rule: %s (f=%d, options=%s) on %s, update_mode=%s, lr=%s, "
+            "schedule_r=%s, momentum=%s, weight_decay=%s, clip_norm=%s, on_too_few=%s",
+            self.aggregator.rule.name,
+            self.num_byzantine,
+            self.aggregator.rule_options,
+            self.device,
+            cfg.update_mode,
+            cfg.learning_rate,
+            cfg.lr_schedule_r,
+            cfg.server_momentum,
+            cfg.weight_decay,
+            cfg.clip_norm,
+            self.aggregator.on_too_few,
+        )
+
+    # -------------------------------------------------------------- training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global arrays of the round, then sample and send like FedAvg."""
+        decoded, problem = decode_arrayrecord(arrays)
+        if decoded is None:
+            raise ValueError(f"the global model cannot be decoded: {problem}")
+        self.aggregator.set_global(decoded)
+        self._global_record = arrays
+        if self.update_mode == "gradient":
+            config["learning-rate"] = self.aggregator.learning_rate_at(server_round)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._expected_nodes = [message.metadata.dst_node_id for message in messages]
+        return messages
+
+    def _submission(self, message: Message) -> Submission:
+        node_id = int(message.metadata.src_node_id)
+        if message.has_error():
+            error = message.error
+            return Submission(node_id, None, f"error reply (code {error.code}): {error.reason}")
+        if not message.has_content():
+            return Submission(node_id, None, "reply has no content")
+        content = message.content
+        metrics = _reply_metrics(message)
+        if self.arrayrecord_key not in content.array_records:
+            return Submission(
+                node_id, None, f"no ArrayRecord under key {self.arrayrecord_key!r}", metrics
+            )
+        arrays, problem = decode_arrayrecord(content.array_records[self.arrayrecord_key])
+        return Submission(node_id, arrays, problem, metrics)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check the replies, aggregate robustly, step the model; never weighted by examples."""
+        submissions = [self._submission(message) for message in replies]
+        answered = {sub.node_id for sub in submissions}
+        missing = [node for node in self._expected_nodes if node not in answered]
+        new_arrays, report = self.aggregator.aggregate(server_round, submissions, missing)
+        if report.kept_model and self._global_record is not None:
+            record = self._global_record
+        else:
+            record = ArrayRecord({key: Array(value) for key, value in new_arrays.items()})
+        return record, MetricRecord(report.metrics)
+
+    # -------------------------------------------------------------- evaluation
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average the evaluation metrics of the usable replies; a malformed reply is skipped.
+
+        Weighted by ``weighted_by_key`` when every usable reply has it (it is a reporting
+        average, not the model), else unweighted. Never raises on a bad reply.
+        """
+        rows: list[dict[str, float]] = []
+        for message in replies:
+            if message.has_error() or not message.has_content():
+                node = message.metadata.src_node_id
+                log(WARNING, "round %d: evaluation reply of node %s unusable", server_round, node)
+                continue
+            values = {
+                key: float(value)
+                for key, value in _reply_metrics(message).items()
+                if isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(float(value))
+            }
+            if values:
+                rows.append(values)
+        if not rows:
+            return None
+        weighted = all(row.get(self.weighted_by_key, -1.0) > 0 for row in rows)
+        weights = [row[self.weighted_by_key] if weighted else 1.0 for row in rows]
+        keys = sorted({key for row in rows for key in row} - {self.weighted_by_key})
+        result = MetricRecord()
+        for key in keys:
+            pairs = [(row[key], w) for row, w in zip(rows, weights, strict=True) if key in row]
+            total = sum(w for _, w in pairs)
+            result[key] = sum(v * w for v, w in pairs) / total
+        return result
+
+
+class Average(RobustStrategy):
+    """Unweighted mean of the replies: not robust, the reference (and FedAvg without weights)."""
+
+    rule_name = "average"
+
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__("average", num_byzantine=num_byzantine, **kwargs)
+
+
+class Median(RobustStrategy):
+    """Coordinate-wise median (n >= 2f + 1)."""
+
+    rule_name = "median"
+
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__("median", num_byzantine=num_byzantine, **kwargs)
+
+
+class TrimmedMean(RobustStrategy):
+    """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7); ``b`` defaults to f."""
+
+    rule_name = "trimmed_mean"
+
+    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            "trimmed_mean", num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs
+        )
+
+
+class Phocas(RobustStrategy):
+    """Phocas_b (Phocas paper, Def. 8): mean of the n-b values nearest to Trmean_b."""
+
+    rule_name = "phocas"
+
+    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+        super().__init__("phocas", num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+
+
+class MeaMed(RobustStrategy):
+    """Mean around the median: per coordinate, the mean of the n-f values nearest the median."""
+
+    rule_name = "meamed"
+
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__("meamed", num_byzantine=num_byzantine, **kwargs)
+
+
+class Krum(RobustStrategy):
+    """Krum (Bulyan paper's Krum; n >= 2f + 3): the reply with the lowest Krum score."""
+
+    rule_name = "krum"
+
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__("krum", num_byzantine=num_byzantine, **kwargs)
+
+
+class MultiKrum(RobustStrategy):
+    """Multi-Krum: mean of the ``m`` lowest-scoring replies (default m = n - f)."""
+
+    rule_name = "multi_krum"
+
+    def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
+        super().__init__("multi_krum", num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
+
+
+class Medoid(RobustStrategy):
+    """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances."""
+
+    rule_name = "medoid"
+
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__("medoid", num_byzantine=num_byzantine, **kwargs)
+
+
+class GeometricMedian(RobustStrategy):
+    """Geometric median by smoothed Weiszfeld iterations (``eps``, ``tol``, ``max_iter``)."""
+
+    rule_name = "geometric_median"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        eps: float = 1e-8,
+        tol: float = 1e-7,
+        max_iter: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            "geometric_median",
+            num_byzantine=num_byzantine,
+            rule_options={"eps": eps, "tol": tol, "max_iter": max_iter},
+            **kwargs,
+        )
+
+
+class Brute(RobustStrategy):
+    """Brute (Bulyan paper): mean of the n-f subset of smallest diameter; refuses > max_subsets."""
+
+    rule_name = "brute"
+
+    def __init__(
+        self, *, num_byzantine: int = 0, max_subsets: int = 100_000, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            "brute",
+            num_byzantine=num_byzantine,
+            rule_options={"max_subsets": max_subsets},
+            **kwargs,
+        )
+
+
+class Bulyan(RobustStrategy):
+    """Bulyan(A) (Bulyan paper, section 4; n >= 4f + 3); ``selector`` A, ``variant`` "bulyan" or
+    "momentum" (the Distributed Momentum paper's variant)."""
+
+    rule_name = "bulyan"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        selector: str = "krum",
+        variant: str = "bulyan",
+        selector_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            "bulyan",
+            num_byzantine=num_byzantine,
+            rule_options={
+                "selector": selector,
+                "variant": variant,
+                "selector_options": selector_options,
+            },
+            **kwargs,
+        )
