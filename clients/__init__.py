@@ -1,1 +1,29 @@
-"""Flower ClientApp, honest and malicious clients, and the colluding coordinator."""
+"""Flower ClientApp, honest and malicious clients, and the colluding coordinator.
+
+The ClientApp itself is ``clients.app:app`` (imported lazily: importing ``clients`` stays cheap).
+"""
+
+from .adversary import AdversaryGrid, discover_roles, needs_for_run_config
+from .channel import ChannelFaultGrid
+from .config import ClientConfig
+from .coordinator import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorTimeoutError,
+    start_coordinator,
+)
+from .malicious import MALICIOUS_CLIENTS, backdoor_accuracy
+
+__all__ = [
+    "MALICIOUS_CLIENTS",
+    "AdversaryGrid",
+    "ChannelFaultGrid",
+    "ClientConfig",
+    "CoordinatorClient",
+    "CoordinatorError",
+    "CoordinatorTimeoutError",
+    "backdoor_accuracy",
+    "discover_roles",
+    "needs_for_run_config",
+    "start_coordinator",
+]

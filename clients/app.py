@@ -1,0 +1,166 @@
+"""The one Flower ClientApp of flwr-byz (``clients.app:app``), honest or Byzantine by partition.
+
+Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run config's
+``byzantine-partitions`` (or, when that is empty, is among the first ``num-attackers``) and
+``attack`` is not "none". Train messages may carry, besides ``server-round`` and
+``learning-rate``, keys set by ``clients.adversary.AdversaryGrid``: ``byz-phase`` ("collect" |
+"real"), ``byz-honest-count`` and ``coordinator-address`` (which override the run config's).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import Tensor
+
+from flwr_byz import attacks
+
+from .config import ClientConfig
+from .coordinator import CoordinatorClient
+from .honest import LocalResult, evaluate_model, honest_update
+from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
+from .malicious import AttackInputs, backdoor_accuracy, make_malicious_client
+from .records import record_to_state, vector_to_record
+from .runtime import client_device, dataset_for, model_with_state, shard_indices
+
+__all__ = ["adversary_needs", "app", "client_config", "handle_train"]
+
+app = ClientApp()
+
+
+def client_config(context: Context) -> ClientConfig:
+    """The typed config of this node (run config + node config)."""
+    return ClientConfig.from_configs(context.run_config, context.node_config)
+
+
+def adversary_needs(cfg: ClientConfig) -> str:
+    """What the run's adversary must know each round: "none", "own", "colluders", "omniscient"."""
+    if cfg.attack == "none":
+        return "none"
+    return make_malicious_client(cfg).needs  # depends on the attack and its options only
+
+
+def _train_config(message: Message) -> ConfigRecord:
+    records = message.content.config_records
+    return records["config"] if "config" in records else ConfigRecord()
+
+
+def _arrays_state(message: Message) -> dict[str, Tensor]:
+    records = message.content.array_records
+    if "arrays" in records:
+        return record_to_state(records["arrays"])
+    if len(records) == 1:
+        return record_to_state(next(iter(records.values())))
+    raise ValueError(f"train message must carry the model under 'arrays', got {list(records)}")
+
+
+def _coordinator(cfg: ClientConfig, train_config: ConfigRecord, attack: str) -> CoordinatorClient:
+    address = str(train_config.get(ADDRESS_KEY, "") or cfg.coordinator_address)
+    if not address:
+        raise ValueError(
+            f"attack {attack!r} needs the colluding coordinator, but no coordinator-address is "
+            "set (run config key 'coordinator-address', or AdversaryGrid(coordinator_address=...))"
+        )
+    return CoordinatorClient(address, timeout=cfg.coordinator_timeout)
+
+
+def _reply(
+    message: Message, vector: Tensor, like: dict[str, Tensor], loss: float, num: int
+) -> Message:
+    metrics = MetricRecord({"train-loss": float(loss), "num-examples": int(num)})
+    content = RecordDict({"arrays": vector_to_record(vector, like), "metrics": metrics})
+    return Message(content, reply_to=message)
+
+
+def _num_examples(cfg: ClientConfig) -> int:
+    if cfg.update_mode == "weights":
+        return int(shard_indices(cfg).numel())
+    return min(cfg.batch_size, int(shard_indices(cfg).numel()))
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """One training round for this node, honest or Byzantine (see the module docstring)."""
+    cfg = client_config(context)
+    train_config = _train_config(message)
+    rnd = int(train_config.get("server-round", 0))
+    state = _arrays_state(message)
+    needs = adversary_needs(cfg)
+
+    if not cfg.is_byzantine:
+        result = honest_update(cfg, context, state, rnd)
+        if needs == "omniscient":  # the adversary eavesdrops on what honest nodes send
+            coordinator = _coordinator(cfg, train_config, cfg.attack)
+            coordinator.publish(context.run_id, rnd, "honest", cfg.partition_id, result.vector)
+        return _reply(message, result.vector, state, result.loss, result.num_examples)
+
+    client = make_malicious_client(cfg)
+    honest_count = int(train_config.get(HONEST_COUNT_KEY, cfg.num_honest))
+    attackers = cfg.num_attackers
+    inputs = AttackInputs(
+        cfg=cfg,
+        context=context,
+        state=state,
+        rnd=rnd,
+        learning_rate=float(train_config.get("learning-rate", cfg.learning_rate)),
+        n=honest_count + attackers,
+        f=attackers,
+    )
+    if needs in ("own", "colluders"):
+        inputs.own = client.honest_result(inputs)
+    if needs == "colluders":
+        coordinator = _coordinator(cfg, train_config, cfg.attack)
+        coordinator.publish(context.run_id, rnd, "colluder", cfg.partition_id, inputs.own.vector)
+    if str(train_config.get(PHASE_KEY, "real")) == "collect":
+        metrics = MetricRecord({"num-examples": 0})
+        return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    if needs == "colluders":
+        _, inputs.known = coordinator.fetch(context.run_id, rnd, "colluder", attackers)
+    elif needs == "omniscient":
+        coordinator = _coordinator(cfg, train_config, cfg.attack)
+        _, inputs.known = coordinator.fetch(context.run_id, rnd, "honest", honest_count)
+    vector = client.submit(inputs)
+    own: LocalResult | None = inputs.own
+    loss = own.loss if own is not None else 0.0
+    return _reply(message, vector, state, loss, _num_examples(cfg))
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Flower train handler: see ``handle_train``."""
+    return handle_train(message, context)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Loss and accuracy of the received model on the test split; under ``alie_backdoor`` also
+    ``backdoor-accuracy`` (every node reports it, so the metric keys agree across replies)."""
+    cfg = client_config(context)
+    split = dataset_for(cfg)
+    model = model_with_state(cfg, _arrays_state(message), client_device(cfg.device))
+    loss, accuracy = evaluate_model(model, split.test_x, split.test_y)
+    values: dict[str, float | int] = {
+        "eval-loss": loss,
+        "eval-accuracy": accuracy,
+        "num-examples": int(split.test_y.numel()),
+    }
+    if cfg.attack == "alie_backdoor":
+        from flwr_byz import data
+
+        values["backdoor-accuracy"] = backdoor_accuracy(
+            model,
+            split.test_x,
+            split.test_y,
+            data.max_intensity(cfg.dataset),
+            attacks.BACKDOOR_TARGET,
+        )
+    return Message(RecordDict({"metrics": MetricRecord(values)}), reply_to=message)
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Answer ``clients.adversary.discover_roles``: partition id and whether this node attacks."""
+    cfg = client_config(context)
+    role = ConfigRecord(
+        {"partition-id": cfg.partition_id, "is-byzantine": cfg.is_byzantine, "attack": cfg.attack}
+    )
+    return Message(RecordDict({ROLE_KEY: role}), reply_to=message)

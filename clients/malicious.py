@@ -1,0 +1,365 @@
+"""Malicious clients: one class per attack of ALGORITHMS.md, each a thin adapter that gathers what
+its threat model lets it know and calls the pure attack function of ``flwr_byz.attacks``.
+
+``knowledge`` says what a class needs before it can answer:
+- ``"none"``: nothing (gaussian);
+- ``"own"``: its own honest vector or data (sign flip, label flip, the channel faults as a sender);
+- ``"colluders"``: the colluders' own honest vectors of the round (non-omniscient ALIE, backdoor);
+- ``"omniscient"``: all honest vectors of the round (ALIE, IPM, l_p, omniscient negative).
+The app (``clients.app``) fetches ``colluders``/``omniscient`` vectors from the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from flwr.app import Context
+from torch import Tensor, nn
+
+from flwr_byz import attacks
+
+from .config import ClientConfig
+from .honest import LocalResult, honest_update
+from .runtime import client_device, dataset_for, model_with_state, shard_indices
+
+KNOWLEDGE = ("none", "own", "colluders", "omniscient")
+
+
+def attack_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by hashing ``parts`` (stable across processes and runs)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+@dataclass
+class AttackInputs:
+    """What a malicious client may use in one round.
+
+    ``known``: ``(k, d)`` honest vectors from the coordinator (None unless ``knowledge`` is
+    ``colluders``/``omniscient``), ordered by partition id; ``own``: its own honest result (None
+    unless needed); ``n``: vectors expected in the round; ``f``: attackers in the round."""
+
+    cfg: ClientConfig
+    context: Context
+    state: dict[str, Tensor]
+    rnd: int
+    learning_rate: float
+    n: int
+    f: int
+    known: Tensor | None = None
+    own: LocalResult | None = None
+
+    def generator(self, *extra: object) -> torch.Generator:
+        """Generator for (seed, partition, round, extra): reproducible per node and round."""
+        return attack_generator(self.cfg.seed, self.cfg.partition_id, self.rnd, *extra)
+
+
+class MaliciousClient:
+    """Base class: ``submit`` returns the ``(d,)`` vector sent in place of the honest one."""
+
+    name: ClassVar[str] = ""
+    knowledge: ClassVar[str] = "own"
+    allowed_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, cfg: ClientConfig) -> None:
+        unknown = set(cfg.attack_options) - self.allowed_options
+        if unknown:
+            raise ValueError(
+                f"attack {self.name!r} does not take option(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.allowed_options) or 'none'}"
+            )
+        self.cfg = cfg
+        self.options: dict[str, Any] = dict(cfg.attack_options)
+
+    @property
+    def needs(self) -> str:
+        """What the client must know this round: one of ``KNOWLEDGE``."""
+        return self.knowledge
+
+    def own_vector(self, inputs: AttackInputs) -> Tensor:
+        if inputs.own is None:
+            raise ValueError(f"attack {self.name!r} needs the client's own honest vector")
+        return inputs.own.vector
+
+    def known_vectors(self, inputs: AttackInputs) -> Tensor:
+        if inputs.known is None:
+            raise ValueError(f"attack {self.name!r} needs the honest vectors of the round")
+        return inputs.known
+
+    def honest_result(self, inputs: AttackInputs) -> LocalResult:
+        """The honest computation this node would do (used by ``own``/``colluders`` attacks)."""
+        return honest_update(inputs.cfg, inputs.context, inputs.state, inputs.rnd)
+
+    def submit(self, inputs: AttackInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AlieClient(MaliciousClient):
+    """A Little Is Enough: ``mu - z sigma``; options ``z`` (default z_max(n, f)) and
+    ``omniscient`` (default True: all honest vectors; False: only the colluders' own)."""
+
+    name = "alie"
+    allowed_options = frozenset({"z", "omniscient"})
+
+    @property
+    def needs(self) -> str:
+        return "omniscient" if bool(self.options.get("omniscient", True)) else "colluders"
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        return attacks.alie(self.known_vectors(inputs), inputs.n, inputs.f, z=self.options.get("z"))
+
+
+class IpmClient(MaliciousClient):
+    """Inner product manipulation ``-eps g_bar`` (option ``eps``, 0.1)."""
+
+    name, knowledge = "ipm", "omniscient"
+    allowed_options = frozenset({"eps"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        eps = float(self.options.get("eps", 0.1))
+        return attacks.ipm(self.known_vectors(inputs), inputs.n, inputs.f, eps=eps)
+
+
+class LpCoordinateClient(MaliciousClient):
+    """Bulyan paper's l_p / l_inf attack ``g_bar + gamma E``, gamma searched against the run's
+    ``rule`` and ``rule-options`` (options ``norm`` "inf"|"l2"|"l1", ``coordinate``, and the search
+    keywords of ``flwr_byz.attacks.lp_coordinate_gamma``)."""
+
+    name, knowledge = "lp_coordinate", "omniscient"
+    allowed_options = frozenset(
+        {"norm", "coordinate", "initial_gamma", "max_doublings", "max_bisections", "rtol"}
+    )
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        known = self.known_vectors(inputs)
+        return attacks.lp_coordinate(
+            known.to(torch.float64),
+            inputs.n,
+            inputs.f,
+            gar=inputs.cfg.rule,
+            gar_options=dict(inputs.cfg.rule_options),
+            **self.options,
+        ).to(known.dtype)
+
+
+class GaussianClient(MaliciousClient):
+    """I.i.d. ``N(0, std^2)`` (option ``std``, 200), seeded per (seed, partition, round)."""
+
+    name, knowledge = "gaussian", "none"
+    allowed_options = frozenset({"std"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        d = sum(value.numel() for value in inputs.state.values())
+        like = torch.zeros((1, d), dtype=torch.float32)
+        std = float(self.options.get("std", 200.0))
+        return attacks.gaussian(like, inputs.n, inputs.f, std=std, generator=inputs.generator())
+
+
+class OmniscientNegativeClient(MaliciousClient):
+    """Phocas paper's omniscient attack ``-scale * sum(honest)`` (option ``scale``, 1e20)."""
+
+    name, knowledge = "omniscient_negative", "omniscient"
+    allowed_options = frozenset({"scale"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        scale = float(self.options.get("scale", 1e20))
+        known = self.known_vectors(inputs)
+        return attacks.omniscient_negative(known, inputs.n, inputs.f, scale=scale)
+
+
+class SignFlipClient(MaliciousClient):
+    """``-g``: the negated own honest vector (gradient, momentum or weights)."""
+
+    name, knowledge = "sign_flip", "own"
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        return attacks.sign_flip(self.own_vector(inputs))
+
+
+class LabelFlipClient(MaliciousClient):
+    """Honest training on labels ``l -> C - 1 - l`` (data poisoning)."""
+
+    name, knowledge = "label_flip", "own"
+
+    def honest_result(self, inputs: AttackInputs) -> LocalResult:
+        classes = dataset_for(inputs.cfg).num_classes
+
+        def flip(labels: Tensor) -> Tensor:
+            return attacks.label_flip(labels, classes)
+
+        return honest_update(inputs.cfg, inputs.context, inputs.state, inputs.rnd, flip)
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        return self.own_vector(inputs)
+
+
+class BitFlipClient(MaliciousClient):
+    """Phocas's bit flip done by the senders: of the attacked coordinates (the first
+    ``coordinates``, 1000), the Byzantine sender of rank r corrupts those with index % f == r, so
+    each attacked coordinate carries one corrupted value (options ``coordinates``, ``bits``).
+    For the channel model proper (any received value) use ``clients.channel.ChannelFaultGrid``."""
+
+    name, knowledge = "bit_flip", "own"
+    allowed_options = frozenset({"coordinates", "bits"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        own = self.own_vector(inputs).to(torch.float32)
+        count = min(int(self.options.get("coordinates", 1000)), own.numel())
+        rank, attackers = inputs.cfg.attacker_rank, max(inputs.cfg.num_attackers, 1)
+        columns = torch.arange(rank, count, attackers, device=own.device)
+        bits = tuple(self.options.get("bits", (22, 30, 31, 32)))
+        return attacks.bit_flip(own.unsqueeze(0), 1, coordinates=columns, bits=bits)[0]
+
+
+class GamblerClient(MaliciousClient):
+    """Phocas's gambler as a sender fault: on one shard (the same for all senders in a round,
+    drawn per round unless option ``shard``) each own value is multiplied by ``scale`` (-1e20)
+    with ``probability`` (0.0005). Options: ``shards`` (10), ``probability``, ``scale``, ``shard``.
+    """
+
+    name, knowledge = "gambler", "own"
+    allowed_options = frozenset({"shards", "probability", "scale", "shard"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        own = self.own_vector(inputs)
+        shards = int(self.options.get("shards", 10))
+        shard = self.options.get("shard")
+        if shard is None:
+            shared = attack_generator(inputs.cfg.seed, "gambler-shard", inputs.rnd)
+            shard = int(torch.randint(shards, (1,), generator=shared))
+        return attacks.gambler(
+            own.unsqueeze(0),
+            shards,
+            probability=float(self.options.get("probability", 0.0005)),
+            scale=float(self.options.get("scale", -1e20)),
+            generator=inputs.generator("gambler"),
+            shard=int(shard),
+        )[0]
+
+
+class _StepModel(nn.Module):
+    """The model whose parameters are ``origin + scale * V`` for a trainable flat ``V``.
+
+    Lets ALIE's backdoor (Alg. 4) optimise the submitted vector itself: in weights mode ``V`` is
+    the weights (origin 0, scale 1); in gradient mode ``V`` is a gradient and the model it yields
+    is the server's step ``theta - lr V`` (origin theta, scale -lr)."""
+
+    def __init__(self, base: nn.Module, origin: dict[str, Tensor], scale: float) -> None:
+        super().__init__()
+        self.base_model = (base,)  # a tuple: not registered, its parameters stay out of ours
+        self.scale = float(scale)
+        self.origin = {key: value.detach() for key, value in origin.items()}
+        self.parameter_names = {name for name, _ in base.named_parameters()}
+        total = sum(value.numel() for value in origin.values())
+        device = next(iter(origin.values())).device
+        self.vector = nn.Parameter(torch.zeros(total, dtype=torch.float32, device=device))
+
+    def forward(self, images: Tensor) -> Tensor:
+        tensors, start = {}, 0
+        for key, value in self.origin.items():
+            stop = start + value.numel()
+            if key in self.parameter_names:
+                piece = self.vector[start:stop].reshape(value.shape)
+                tensors[key] = value + self.scale * piece
+            else:
+                tensors[key] = value
+            start = stop
+        return torch.func.functional_call(self.base_model[0], tensors, (images,))
+
+
+class AlieBackdoorClient(MaliciousClient):
+    """ALIE's backdoor (Baruch et al., Alg. 4): from ``mu``, ``steps`` (5) SGD steps (``lr``
+    0.1) on ``alpha * backdoor + (1 - alpha) * MSE(V, mu)`` with ``samples`` (1000) triggered images
+    of its own shard labelled 0, then clip into ``[mu - z sigma, mu + z sigma]`` (``z`` = ``alpha``
+    = 0.2). ``omniscient`` (default False): estimate mu, sigma from all honest vectors instead of
+    the colluders' own. In gradient mode the trained model is ``theta - lr_server V``."""
+
+    name = "alie_backdoor"
+    allowed_options = frozenset({"z", "alpha", "steps", "lr", "samples", "omniscient"})
+
+    @property
+    def needs(self) -> str:
+        return "omniscient" if bool(self.options.get("omniscient", False)) else "colluders"
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        from flwr_byz import data
+
+        cfg = inputs.cfg
+        known = self.known_vectors(inputs)
+        device = client_device(cfg.device)
+        base = model_with_state(cfg, inputs.state, device)
+        origin = {key: value.to(device) for key, value in inputs.state.items()}
+        if cfg.update_mode == "gradient":
+            wrapper = _StepModel(base, origin, -inputs.learning_rate)
+        else:
+            params = {name for name, _ in base.named_parameters()}  # buffers keep their values
+            zero = {k: torch.zeros_like(v) if k in params else v for k, v in origin.items()}
+            wrapper = _StepModel(base, zero, 1.0)
+        split, indices = dataset_for(cfg), shard_indices(cfg)
+        samples = min(int(self.options.get("samples", 1000)), indices.numel())
+        picks = indices[torch.randperm(indices.numel(), generator=inputs.generator("bd"))[:samples]]
+        return attacks.alie_backdoor(
+            wrapper,
+            split.train_x[picks].to(device),
+            known.to(device),
+            z=float(self.options.get("z", 0.2)),
+            alpha=float(self.options.get("alpha", 0.2)),
+            steps=int(self.options.get("steps", 5)),
+            learning_rate=float(self.options.get("lr", 0.1)),
+            trigger_value=data.max_intensity(cfg.dataset),
+        ).to(torch.float32)
+
+
+MALICIOUS_CLIENTS: dict[str, type[MaliciousClient]] = {
+    cls.name: cls
+    for cls in (
+        AlieClient,
+        IpmClient,
+        LpCoordinateClient,
+        GaussianClient,
+        OmniscientNegativeClient,
+        SignFlipClient,
+        LabelFlipClient,
+        BitFlipClient,
+        GamblerClient,
+        AlieBackdoorClient,
+    )
+}
+
+
+def make_malicious_client(cfg: ClientConfig) -> MaliciousClient:
+    """The malicious client for ``cfg.attack`` (ValueError listing the names when unknown)."""
+    try:
+        cls = MALICIOUS_CLIENTS[cfg.attack]
+    except KeyError:
+        raise ValueError(
+            f"no malicious client for attack {cfg.attack!r}; known: {', '.join(MALICIOUS_CLIENTS)}"
+        ) from None
+    return cls(cfg)
+
+
+@torch.no_grad()
+def backdoor_accuracy(
+    model: nn.Module | Callable[[Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    trigger_value: Any = None,
+    target: int = attacks.BACKDOOR_TARGET,
+) -> float:
+    """Share of triggered images whose true label is not ``target`` that ``model`` classifies as
+    ``target`` (the ALIE paper's backdoor success, Table 2). ``images`` (N, C, H, W)."""
+    keep = labels != target
+    if not bool(keep.any()):
+        raise ValueError("backdoor_accuracy: every image already has the target label")
+    if isinstance(model, nn.Module):
+        model.eval()
+        device = next(model.parameters()).device
+    else:
+        device = images.device
+    triggered = attacks.add_backdoor_trigger(images[keep], trigger_value).to(device)
+    predictions = model(triggered).argmax(dim=1)
+    return float((predictions == target).to(torch.float64).mean())
