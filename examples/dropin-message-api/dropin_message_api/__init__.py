@@ -1,0 +1,1 @@
+"""dropin-message-api: a Flower PyTorch app using a flwr-byz strategy."""
