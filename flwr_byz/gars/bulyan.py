@@ -1,0 +1,134 @@
+"""Bulyan(A) (El Mhamdi, Guerraoui, Rouault, ICML 2018, section 4) and the "Distributed Momentum"
+paper's variant.
+
+1. Selection: theta times, run A (same f) on the not-yet-selected vectors and move the submitted
+   vector closest to A's output into S (krum/medoid: A's output itself). Inside the loop Krum scores
+   over max(1, n' - f - 2) nearest remaining neighbours (n' remaining). The pairwise distances are
+   computed once and reused (for multi_krum and brute the distance from x_k to the average of a
+   set T is ``mean_t D_kt - const``, so the closest vector is ``argmin_k sum_t D_kt``); the
+   geometric_median selector iterates on the centred rows. Ties: lowest index.
+2. Per coordinate: average of the beta values of S closest to the coordinate median of S.
+
+variant="bulyan": theta = n - 2f, beta = theta - 2f. variant="momentum" (El-Mhamdi et al. 2020):
+theta = n - 2f - 2 selected with the selector, beta = n - 4f - 2. Both need n >= 4f + 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import check_inputs, finite_rows, require
+from ._columns import nearest_mean, shares
+from ._distances import pairwise_squared_distances
+from ._types import Aggregation
+from .brute import check_subset_count, smallest_diameter_subset
+from .coordinatewise import median_of
+from .geometric_median import centred_rows, weiszfeld
+from .krum import krum_order, krum_scores
+from .medoid import medoid_index
+
+SELECTORS = ("krum", "medoid", "brute", "geometric_median", "multi_krum")
+VARIANTS = ("bulyan", "momentum")
+_OPTIONS = {
+    "krum": set(),
+    "medoid": set(),
+    "brute": {"max_subsets"},
+    "geometric_median": {"eps", "tol", "max_iter"},
+    "multi_krum": {"m"},
+}
+
+
+def _closest_to_mean_of(sub: Tensor, usable: Tensor, members: Tensor) -> int:
+    """Local index of the usable row closest to the average of rows ``members`` (via distances)."""
+    total = torch.nan_to_num(sub[:, members].sum(dim=1), nan=float("inf"))
+    return int(torch.argmin(total.masked_fill(~usable, float("inf"))))
+
+
+class _Selector:
+    """Runs selector A on a subset of the inputs, reusing one distance matrix."""
+
+    def __init__(self, name: str, vectors: Tensor, usable: Tensor, f: int, options: dict) -> None:
+        self.name, self.f, self.options, self.usable = name, f, options, usable
+        if name == "geometric_median":
+            self.rows, _ = centred_rows(vectors, usable)
+            self.eps = options.get("eps", 1e-8)
+            self.tol = options.get("tol", 1e-7)
+            self.max_iter = options.get("max_iter", 1000)
+        else:
+            self.distances = pairwise_squared_distances(vectors, usable)
+
+    def pick(self, remaining: Tensor) -> int:
+        """Local index (into ``remaining``) of the vector selected this iteration."""
+        usable = self.usable[remaining]
+        count = remaining.numel()
+        if self.name == "geometric_median":
+            rows = self.rows[remaining]
+            point, _ = weiszfeld(rows, usable, self.eps, self.tol, self.max_iter)
+            gap = ((rows - point) ** 2).sum(dim=1).masked_fill(~usable, float("inf"))
+            return int(torch.argmin(gap))
+        sub = self.distances[remaining[:, None], remaining[None, :]]
+        if self.name == "krum":
+            return int(torch.argmin(krum_scores(sub, max(1, count - self.f - 2))))
+        if self.name == "medoid":
+            return medoid_index(sub, usable)
+        if self.name == "multi_krum":
+            m = min(self.options.get("m", count - self.f), count)
+            return _closest_to_mean_of(sub, usable, krum_order(sub, self.f)[:m])
+        size = count - self.f
+        check_subset_count("bulyan(brute)", count, self.f, self.options.get("max_subsets", 100_000))
+        members = smallest_diameter_subset(sub, size).to(sub.device)
+        return _closest_to_mean_of(sub, usable, members)
+
+
+def _bulyan_impl(
+    vectors: Tensor,
+    f: int,
+    selector: str = "krum",
+    variant: str = "bulyan",
+    selector_options: dict[str, Any] | None = None,
+    *,
+    track: bool = True,
+) -> Aggregation:
+    n, _, f = check_inputs("bulyan", vectors, f)
+    if selector not in SELECTORS:
+        raise ValueError(f"bulyan: unknown selector {selector!r}; choose one of {SELECTORS}")
+    if variant not in VARIANTS:
+        raise ValueError(f"bulyan: unknown variant {variant!r}; choose one of {VARIANTS}")
+    options = dict(selector_options or {})
+    unknown = set(options) - _OPTIONS[selector]
+    if unknown:
+        raise ValueError(f"bulyan: selector {selector!r} takes no options {sorted(unknown)}")
+    require("bulyan", n, f, n >= 4 * f + 3, "n >= 4f + 3")
+    if variant == "bulyan":
+        theta, beta = n - 2 * f, n - 4 * f
+    else:
+        theta, beta = n - 2 * f - 2, n - 4 * f - 2
+    usable = finite_rows("bulyan", vectors, f).to(vectors.device)
+    pick = _Selector(selector, vectors, usable, f, options)
+    remaining = torch.arange(n, device=vectors.device)
+    chosen: list[int] = []
+    for _ in range(theta):
+        local = pick.pick(remaining)
+        chosen.append(int(remaining[local]))
+        remaining = torch.cat([remaining[:local], remaining[local + 1 :]])
+    selected = torch.tensor(chosen, dtype=torch.int64)
+    pool = vectors.index_select(0, selected.to(vectors.device))
+    center, _, ordered, order = median_of(pool, track)
+    value, rows = nearest_mean(pool, ordered, order, center, beta)
+    share = shares(n, selected[rows.reshape(-1).cpu()]) if rows is not None else None
+    return Aggregation(value.to(vectors.device, vectors.dtype), selected, share)
+
+
+def bulyan(
+    vectors: Tensor,
+    f: int,
+    selector: str = "krum",
+    variant: str = "bulyan",
+    selector_options: dict[str, Any] | None = None,
+) -> Tensor:
+    """Bulyan(A): iterated selection of theta inputs with A, then per coordinate the average of the
+    beta values closest to the median of the selection; needs n >= 4f + 3."""
+    return _bulyan_impl(vectors, f, selector, variant, selector_options, track=False).vector

@@ -1,0 +1,82 @@
+"""Krum and Multi-Krum (Blanchard et al. 2017, as defined in El Mhamdi et al., ICML 2018).
+
+score(i) = sum of the squared distances from V_i to its n - f - 2 nearest other vectors (n - f - 2,
+not Flower's legacy n - f - 1 reading). Krum outputs the lowest-scoring vector, Multi-Krum the plain
+(never example-weighted) average of the m lowest-scoring ones. Ties go to the lowest index
+(stable sort).
+Distances come from the stable ``pairwise_squared_distances``; rows with NaN/inf score +inf.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_inputs, finite_rows, require, uniform_participation
+from ._distances import pairwise_squared_distances
+from ._types import Aggregation
+
+
+def krum_scores(distances: Tensor, neighbours: int) -> Tensor:
+    """Krum score of each row of a squared-distance matrix over its ``neighbours`` nearest."""
+    others = distances.clone()
+    others.fill_diagonal_(float("inf"))
+    nearest = torch.sort(others, dim=1).values[:, :neighbours]
+    return nearest.sum(dim=1)
+
+
+def krum_order(distances: Tensor, f: int) -> Tensor:
+    """Row indices sorted by Krum score over max(1, n - f - 2) neighbours, lowest index first."""
+    n = distances.shape[0]
+    scores = krum_scores(distances, max(1, n - f - 2))
+    return torch.sort(scores, stable=True).indices
+
+
+def mean_of_rows(vectors: Tensor, rows: Tensor, all_finite: bool = False) -> Tensor:
+    """Plain average of the given rows, in the input dtype.
+
+    With all rows finite it is one matrix-vector product (weights 1/m on the chosen rows, no copy);
+    otherwise the rows are gathered first (0 * inf would be NaN).
+    """
+    rows = rows.to(vectors.device)
+    if all_finite:
+        weights = torch.zeros(vectors.shape[0], dtype=vectors.dtype, device=vectors.device)
+        weights.index_add_(0, rows, torch.full_like(rows, 1, dtype=vectors.dtype) / rows.numel())
+        return weights @ vectors
+    picked = vectors.index_select(0, rows)
+    return (picked.sum(dim=0, dtype=torch.float64) / rows.numel()).to(vectors.dtype)
+
+
+def _krum_check(rule: str, vectors: Tensor, f: int) -> tuple[int, int, Tensor]:
+    n, _, f = check_inputs(rule, vectors, f)
+    require(rule, n, f, n >= 2 * f + 3, "n >= 2f + 3")
+    return n, f, finite_rows(rule, vectors, f)
+
+
+def _krum_impl(vectors: Tensor, f: int) -> Aggregation:
+    n, f, finite = _krum_check("krum", vectors, f)
+    order = krum_order(pairwise_squared_distances(vectors, finite), f)
+    chosen = order[:1].cpu()
+    return Aggregation(vectors[int(chosen[0])].clone(), chosen, uniform_participation(n, chosen))
+
+
+def _multi_krum_impl(vectors: Tensor, f: int, m: int | None = None) -> Aggregation:
+    n, f, finite = _krum_check("multi_krum", vectors, f)
+    m = n - f if m is None else m
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
+        raise ValueError(f"multi_krum needs 1 <= m <= n, got m={m!r}, n={n}, f={f}")
+    order = krum_order(pairwise_squared_distances(vectors, finite), f)
+    chosen = order[:m].cpu()
+    vector = mean_of_rows(vectors, chosen, bool(finite.all()))
+    return Aggregation(vector, chosen, uniform_participation(n, chosen))
+
+
+def krum(vectors: Tensor, f: int) -> Tensor:
+    """Krum: the submitted vector with the lowest score over n - f - 2 neighbours; n >= 2f + 3."""
+    return _krum_impl(vectors, f).vector
+
+
+def multi_krum(vectors: Tensor, f: int, m: int | None = None) -> Tensor:
+    """Multi-Krum: plain average of the m lowest-scoring vectors (default m = n - f);
+    needs n >= 2f + 3."""
+    return _multi_krum_impl(vectors, f, m).vector
