@@ -1,0 +1,133 @@
+"""Steps per second of the MNIST setup on each engine, next to a plain PyTorch loop.
+
+Setup (ALIE / Momentum papers): n = 51 workers, the 784-100-10 MLP (d = 79,510), 83 images per
+gradient, gradient mode, average, no attack. One *step* = 51 mini-batch gradients + their
+average + one SGD step. The plain loop does exactly that in one process; the engines also
+serialise the model and the gradients into Flower records, check the replies, compute the round
+metrics (variance-norm ratio, ...) and evaluate the model on the test split every round, so
+their time is reported with and without that evaluation.
+
+    python benchmarks/bench_engines.py [--steps 30] [--flower-steps 5] [--threads 1] [--profile]
+
+Numbers depend on the machine and its load; nothing here is asserted by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import tempfile
+import time
+
+import torch
+
+from flwr_byz import data, models
+from simulations import engines
+from simulations.experiment import RunConfig
+from simulations.server_app import quiet_flower
+
+N, BATCH, LR = 51, 83, 0.1
+
+
+def plain_loop(steps: int, seed: int = 1) -> float:
+    """Steps per second of the same math in one process (no Flower, no records)."""
+    split = data.load_dataset("mnist5k", seed=seed)
+    model = models.build("mlp", seed=seed)
+    params = list(model.parameters())
+    indices = torch.arange(split.train_y.numel())
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        grads = []
+        for worker in range(N):
+            picks = data.sample_batch(indices, BATCH, seed, worker, step + 1)
+            model.zero_grad(set_to_none=True)
+            loss = models.loss_fn(model(split.train_x[picks]), split.train_y[picks])
+            loss.backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in params]))
+        update = torch.stack(grads).mean(dim=0)
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p -= LR * update[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        times.append(time.perf_counter() - start)
+    return 1.0 / statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def evaluation_seconds(seed: int = 1, repeats: int = 5) -> float:
+    """Seconds of one centralised evaluation (the engines do one per round)."""
+    split = data.load_dataset("mnist5k", seed=seed)
+    model = models.build("mlp", seed=seed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        models.evaluate(model, split.test_x, split.test_y)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def engine_steps_per_second(engine: str, steps: int, threads: int) -> float:
+    """Median per-round wall time of a run on ``engine`` (start-up excluded), as steps/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(
+            num_clients=N, num_byzantine=0, rule="average", attack="none", batch_size=BATCH,
+            learning_rate=LR, num_rounds=steps, seed=1, results_dir=tmp, run_name="bench/run",
+        )  # fmt: skip
+        record = engines.run(cfg, engine=engine, threads=threads)
+        seconds = [r["round-seconds"] for r in record.rounds[1:]]
+    return 1.0 / statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def profile_inprocess(steps: int, threads: int, top: int = 25) -> str:
+    """cProfile of an in-process run, sorted by cumulative time."""
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(
+            num_clients=N, num_byzantine=0, rule="average", attack="none", batch_size=BATCH,
+            learning_rate=LR, num_rounds=steps, seed=1, results_dir=tmp, run_name="bench/run",
+        )  # fmt: skip
+        torch.set_num_threads(threads)
+        profiler.enable()
+        engines.run(cfg, engine="inprocess", threads=threads)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--flower-steps", type=int, default=5, help="0 skips the Flower engine")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_flower()
+    print(
+        f"MNIST setup: n={N}, d={models.num_parameters(models.build('mlp'))}, batch={BATCH}, "
+        f"gradient mode, average; torch threads={args.threads}"
+    )
+    plain = plain_loop(args.steps)
+    evaluation = evaluation_seconds()
+    print(f"plain PyTorch loop : {plain:8.2f} steps/s")
+    inproc = engine_steps_per_second("inprocess", args.steps, args.threads)
+    inproc_no_eval = 1.0 / max(1e-9, 1.0 / inproc - evaluation)
+    print(
+        f"inprocess engine   : {inproc:8.2f} steps/s  (plain/inprocess = {plain / inproc:.2f}x; "
+        f"without the per-round evaluation of {evaluation * 1e3:.1f} ms: "
+        f"{plain / inproc_no_eval:.2f}x)"
+    )
+    if args.flower_steps:
+        flower = engine_steps_per_second("flower", args.flower_steps, args.threads)
+        print(f"flower engine (Ray): {flower:8.2f} steps/s  (plain/flower = {plain / flower:.2f}x)")
+    if args.profile:
+        print(profile_inprocess(min(args.steps, 10), args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Run every point of an experiment on an engine: progress, resume, summary, plots.
+
+Finished runs are skipped (their record is read back); interrupted ones continue from their
+checkpoint; new ones start. A progress bar counts runs, another the rounds of the current run.
+At the end a summary table (final and best test accuracy per run) is printed and written as
+``summary.json`` and ``summary.csv`` next to the runs, and the plots are drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulations import engines
+from simulations.experiment import Experiment, RunConfig
+from simulations.results import RunRecord, RunStore, run_status
+from simulations.server_app import quiet_flower, round_listener
+
+SUMMARY_FIELDS = (
+    "run",
+    "rule",
+    "attack",
+    "f",
+    "n",
+    "momentum-place",
+    "seed",
+    "rounds",
+    "final-accuracy",
+    "best-accuracy",
+    "last10-accuracy",
+    "mean-variance-norm-ratio",
+    "mean-byzantine-influence",
+    "wall-seconds",
+    "status",
+)
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run of a sweep."""
+
+    config: RunConfig
+    record: RunRecord | None
+    action: str  # "ran", "resumed", "skipped", "failed"
+    error: str | None = None
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    nums = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(float(v))]
+    return sum(nums) / len(nums) if nums else None
+
+
+def summary_row(cfg: RunConfig, record: RunRecord | None, status: str) -> dict[str, Any]:
+    """One summary line: the run's main settings and its accuracies."""
+    rounds = record.rounds[1:] if record else []
+    return {
+        "run": cfg.run_name,
+        "rule": cfg.rule,
+        "attack": cfg.attack,
+        "f": cfg.num_byzantine,
+        "n": cfg.num_clients,
+        "momentum-place": cfg.momentum_place if cfg.momentum else "-",
+        "seed": cfg.seed,
+        "rounds": record.completed_rounds if record else 0,
+        "final-accuracy": record.final_accuracy if record else None,
+        "best-accuracy": record.best_accuracy if record else None,
+        "last10-accuracy": _mean(record.accuracies[-10:]) if record else None,
+        "mean-variance-norm-ratio": _mean([r.get("variance-norm-ratio") for r in rounds]),
+        "mean-byzantine-influence": _mean([r.get("byzantine-influence") for r in rounds]),
+        "wall-seconds": record.wall_seconds if record else None,
+        "status": status,
+    }
+
+
+def write_summary(rows: list[dict[str, Any]], directory: Path) -> None:
+    """``summary.json`` and ``summary.csv`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "summary.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    with (directory / "summary.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def print_summary(rows: list[dict[str, Any]], title: str = "summary") -> None:
+    """The summary as a rich table (plain text when rich is absent)."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cols = (
+        "rounds",
+        "final-accuracy",
+        "best-accuracy",
+        "last10-accuracy",
+        "mean-variance-norm-ratio",
+        "mean-byzantine-influence",
+        "status",
+    )
+    heads = (
+        "rounds",
+        "final acc",
+        "best acc",
+        "last-10 acc",
+        "mean VN ratio",
+        "mean byz infl",
+        "status",
+    )
+
+    def label(row: dict[str, Any]) -> str:
+        return str(row["run"]).split("/", 1)[-1]
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich ships with flwr
+        print(title)
+        print("\t".join(("run", *heads)))
+        for row in rows:
+            print("\t".join((label(row), *(fmt(row[c]) for c in cols))))
+        return
+    table = Table(title=title)
+    table.add_column("run", overflow="fold")
+    for head in heads:
+        table.add_column(head, justify="right")
+    for row in rows:
+        table.add_row(label(row), *(fmt(row[c]) for c in cols))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+def run_experiment(
+    experiment: Experiment,
+    engine: str = "inprocess",
+    threads: int | None = 1,
+    progress: bool = True,
+    plots: bool = True,
+    verbose: bool = False,
+    keep_going: bool = False,
+) -> list[RunOutcome]:
+    """Run all runs of ``experiment`` (skip finished, resume partial); summary and plots.
+
+    With ``keep_going`` a failing run is reported and the sweep goes on; otherwise it raises.
+    """
+    if engine not in engines.ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(engines.ENGINES)}")
+    if not verbose:
+        quiet_flower()
+    outcomes: list[RunOutcome] = []
+    bar = _Progress(enabled=progress, total_runs=len(experiment.runs))
+    with bar:
+        for cfg in experiment.runs:
+            status, done = run_status(cfg)
+            if status == "finished":
+                record = RunStore(cfg.run_dir).load_record()
+                outcomes.append(RunOutcome(cfg, record, "skipped"))
+                bar.run_done(cfg, skipped=True)
+                continue
+            bar.start_run(cfg, done)
+            action = "resumed" if status == "partial" else "ran"
+            try:
+                with round_listener(bar.on_round):
+                    record = engines.run(cfg, engine=engine, threads=threads, verbose=verbose)
+            except Exception as err:
+                if not keep_going:
+                    raise
+                outcomes.append(RunOutcome(cfg, None, "failed", f"{type(err).__name__}: {err}"))
+                bar.run_done(cfg, failed=True)
+                continue
+            outcomes.append(RunOutcome(cfg, record, action))
+            bar.run_done(cfg)
+    rows = [
+        summary_row(o.config, o.record, o.action if o.error is None else "failed") for o in outcomes
+    ]
+    if experiment.runs:
+        out_dir = Path(experiment.runs[0].results_dir) / experiment.name
+        write_summary(rows, out_dir)
+        print_summary(rows, title=f"{experiment.name} ({engine})")
+        if plots:
+            from simulations import plots as plotting
+
+            plotting.plot_experiment(outcomes, out_dir)
+    return outcomes
+
+
+class _Progress:
+    """Two rich progress bars (runs, rounds of the current run); no-op when disabled."""
+
+    def __init__(self, enabled: bool, total_runs: int) -> None:
+        self.enabled = enabled
+        self.total_runs = total_runs
+        self._progress: Any = None
+        self._runs_task: Any = None
+        self._round_task: Any = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._progress.__enter__()
+            self._runs_task = self._progress.add_task("runs", total=self.total_runs, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_run(self, cfg: RunConfig, done: int) -> None:
+        if self._progress is None:
+            return
+        if self._round_task is not None:
+            self._progress.remove_task(self._round_task)
+        self._round_task = self._progress.add_task(
+            f"  {cfg.run_name}", total=cfg.num_rounds, completed=done, info=""
+        )
+
+    def on_round(self, cfg: RunConfig, round_number: int, metrics: dict[str, Any]) -> None:
+        if self._progress is None or self._round_task is None:
+            return
+        acc = metrics.get("test-accuracy")
+        info = f"acc {acc:.3f}" if isinstance(acc, float) else ""
+        self._progress.update(self._round_task, completed=round_number, info=info)
+
+    def run_done(self, cfg: RunConfig, skipped: bool = False, failed: bool = False) -> None:
+        if self._progress is None:
+            return
+        note = "skipped (finished)" if skipped else ("FAILED" if failed else "done")
+        self._progress.update(self._runs_task, advance=1, info=f"{cfg.run_name}: {note}")

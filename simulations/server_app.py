@@ -1,0 +1,429 @@
+"""The ServerApp (``simulations.server_app:app``): one run of one experiment, checkpointed.
+
+Reads the run config (the shared schema, see docs/ARCHITECTURE.md), builds the test split and
+the model for centralised evaluation, the robust strategy for the rule, finds which nodes are
+honest, wraps the grid with the adversary's channel where the attack needs it, and runs the
+rounds. Rounds are driven here, one at a time, with exactly the calls of Flower's
+``Strategy.start`` (``configure_train`` -> ``send_and_receive`` -> ``aggregate_train`` ->
+centralised evaluation), so that after every round the model, the server momentum, the RNG
+states and the metrics are checkpointed; a later call resumes from the checkpoint with the same
+round numbers (hence the same learning-rate schedule), and a finished run is never redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from simulations.experiment import RunConfig, build_experiment, load_spec
+from simulations.results import (
+    Checkpoint,
+    RunLock,
+    RunRecord,
+    RunStore,
+    check_same_run,
+    identity_json,
+)
+
+RoundListener = Callable[[RunConfig, int, dict[str, Any]], None]
+_LISTENERS: list[RoundListener] = []
+
+app = ServerApp()
+
+
+@contextlib.contextmanager
+def round_listener(listener: RoundListener) -> Iterator[None]:
+    """Call ``listener(cfg, round, metrics)`` after each checkpointed round while inside.
+
+    Used for progress bars (the Flower engine runs the ServerApp in a thread of this process)
+    and by tests to interrupt a run after a given round.
+    """
+    _LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(listener)
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def config_from_context(run_config: Mapping[str, Any]) -> RunConfig:
+    """The typed run config of a Flower run config.
+
+    With ``experiment = NAME`` (and optionally ``run-index = i``), point ``i`` of the sweep in
+    ``simulations/configs/NAME.yaml`` is the base; the run-config keys override it.
+    """
+    base: RunConfig | None = None
+    name = str(run_config.get("experiment", "") or "")
+    if name:
+        try:
+            exp_name, spec = load_spec(name)
+        except ValueError as err:
+            exp_name, spec = "", {}
+            if "rule" not in run_config:  # a bare `experiment = NAME` that names nothing
+                log(WARNING, "%s; using the run config and the defaults", err)
+        if spec:
+            runs = build_experiment(spec, name=exp_name).runs
+            index = int(run_config.get("run-index", 0))
+            if not 0 <= index < len(runs):
+                raise ValueError(
+                    f"run-index must be in [0, {len(runs)}) for experiment {name!r}, got {index}"
+                )
+            base = runs[index]
+            missing = sorted(
+                k
+                for k, v in base.to_flower().items()
+                if k not in run_config
+                and v != RunConfig().to_flower().get(k)
+                and k not in ("run-name", "experiment")
+            )
+            if missing:
+                log(
+                    WARNING,
+                    "experiment %r sets %s, absent from the run config: the "
+                    "ClientApps only see the run config",
+                    name,
+                    ", ".join(missing),
+                )
+    return RunConfig.from_flower(run_config, base=base)
+
+
+# ---------------------------------------------------------------------------------- parts
+
+
+def build_strategy(cfg: RunConfig) -> Any:
+    """The robust strategy of ``cfg.rule`` (flwr_byz.strategy), sampling every client."""
+    from flwr_byz.strategy import RobustStrategy
+
+    server_momentum = cfg.momentum if cfg.momentum_place == "server" else 0.0
+    return RobustStrategy(
+        cfg.rule,
+        num_byzantine=cfg.num_byzantine,
+        rule_options=dict(cfg.rule_options),
+        device=cfg.device,
+        update_mode=cfg.update_mode,
+        learning_rate=cfg.learning_rate if cfg.update_mode == "gradient" else None,
+        lr_schedule_r=cfg.lr_schedule_r or None,
+        server_momentum=server_momentum,
+        fraction_train=cfg.fraction_train,
+        min_train_nodes=max(1, round(cfg.fraction_train * cfg.num_clients)),
+        min_available_nodes=cfg.num_clients,
+        fraction_evaluate=0.0,
+        min_evaluate_nodes=0,
+    )
+
+
+@dataclass
+class Roles:
+    """Who is who: node id -> partition id, and the honest and Byzantine node ids."""
+
+    partition_of: dict[int, int]
+    honest: set[int]
+    byzantine: set[int]
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0, poll: float = 1.0) -> None:
+    """Wait until ``expected`` nodes are connected; refuse a different count with a clear error
+    (a run's n is part of what it computes: num-clients must equal the SuperNodes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = len(list(grid.get_node_ids()))
+        if count == expected:
+            return
+        if count > expected or time.monotonic() >= deadline:
+            raise ValueError(
+                f"num-clients={expected} but {count} nodes are connected: set num-clients to "
+                f"the number of SuperNodes (options.num-supernodes in pyproject.toml)"
+            )
+        time.sleep(poll)
+
+
+def discover(grid: Grid, timeout: float = 120.0) -> Roles:
+    """Ask every node for its partition id and role (``clients.discover_roles``)."""
+    from clients.adversary import discover_roles
+
+    roles = discover_roles(grid, timeout=timeout)
+    return Roles(
+        partition_of={int(node): int(pid) for node, (pid, _) in roles.items()},
+        honest={int(node) for node, (_, byz) in roles.items() if not byz},
+        byzantine={int(node) for node, (_, byz) in roles.items() if byz},
+    )
+
+
+def adversary_needs(cfg: RunConfig) -> str:
+    """What the adversary must know each round: "none", "own", "colluders" or "omniscient"
+    (decided by the ClientApp's own logic, ``clients.app.adversary_needs``)."""
+    if cfg.attack == "none":
+        return "none"
+    from clients.app import adversary_needs as client_needs
+    from clients.config import ClientConfig
+
+    probe = ClientConfig.from_configs(
+        cfg.to_flower(), {"partition-id": 0, "num-partitions": cfg.num_clients}
+    )
+    return client_needs(probe)
+
+
+def needs_coordinator(cfg: RunConfig) -> bool:
+    """Whether the attack needs the colluding coordinator (omniscient or colluding attacks)."""
+    return adversary_needs(cfg) in ("omniscient", "colluders")
+
+
+def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str) -> Grid:
+    """The network as the threat model has it: ``AdversaryGrid`` orders each round so that
+    colluders never wait on nodes that cannot run (and tells them the coordinator's address);
+    ``ChannelFaultGrid`` corrupts received values for the Phocas paper's channel faults."""
+    needs = adversary_needs(cfg)
+    if needs != "none":
+        from clients.adversary import AdversaryGrid
+
+        grid = AdversaryGrid(
+            grid,
+            roles.byzantine,
+            needs=needs if needs in ("omniscient", "colluders") else "none",
+            coordinator_address=coordinator_address or None,
+        )
+    if cfg.channel_fault != "none":
+        from clients.channel import ChannelFaultGrid
+
+        grid = ChannelFaultGrid(
+            grid, cfg.channel_fault, seed=cfg.seed, **dict(cfg.channel_fault_options)
+        )
+    return grid
+
+
+@contextlib.contextmanager
+def coordinator_for(cfg: RunConfig) -> Iterator[str]:
+    """The coordinator's address: the configured one, or one started here for the run
+    (stopped on exit) when the attack needs it; "" when none is needed."""
+    if cfg.coordinator_address or not needs_coordinator(cfg):
+        yield cfg.coordinator_address
+        return
+    from clients.coordinator import start_coordinator
+
+    handle = start_coordinator("127.0.0.1:0")
+    try:
+        yield handle.address
+    finally:
+        handle.stop()
+
+
+def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, float]], ArrayRecord]:
+    """Centralised test evaluation and the initial model (seeded by ``cfg.seed``)."""
+    from flwr_byz import data, models
+
+    split = data.load_dataset(
+        cfg.dataset, root=cfg.data_root or None, seed=cfg.seed, test_fraction=cfg.test_fraction
+    )
+    model = models.build(
+        cfg.model,
+        num_classes=split.num_classes,
+        in_shape=tuple(split.train_x.shape[1:]),
+        seed=cfg.seed,
+    )
+    initial = ArrayRecord(model.state_dict())
+
+    def evaluate(arrays: ArrayRecord) -> dict[str, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = models.evaluate(model, split.test_x, split.test_y)
+        return {"test-loss": loss, "test-accuracy": accuracy}
+
+    return evaluate, initial
+
+
+# ---------------------------------------------------------------------------------- state
+
+
+def _optimizer(strategy: Any) -> Any:
+    return getattr(getattr(strategy, "aggregator", None), "optimizer", None)
+
+
+def strategy_state(strategy: Any) -> dict[str, Any]:
+    """The strategy's state that must survive a resume (server momentum buffer)."""
+    opt = _optimizer(strategy)
+    buffer = getattr(opt, "momentum_buffer", None)
+    return {"momentum_buffer": None if buffer is None else buffer.detach().cpu().clone()}
+
+
+def load_strategy_state(strategy: Any, state: Mapping[str, Any]) -> None:
+    """Restore :func:`strategy_state` into a fresh strategy."""
+    buffer = state.get("momentum_buffer")
+    opt = _optimizer(strategy)
+    if buffer is not None:
+        if opt is None or not hasattr(opt, "momentum_buffer"):
+            raise ValueError("checkpoint holds a server momentum buffer but the strategy has none")
+        opt.momentum_buffer = buffer.to(strategy.device)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if "python" in state:
+        random.setstate(state["python"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+
+
+def _metric_values(record: MetricRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {str(k): (list(v) if isinstance(v, list) else v) for k, v in record.items()}
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def run_server(grid: Grid, cfg: RunConfig, timeout: float = 3600.0) -> RunRecord:
+    """Run (or resume, or skip when finished) the rounds of ``cfg`` on ``grid``.
+
+    Returns the run's record (also written to ``<results-dir>/<run-name>/result.json``). The run
+    directory is locked meanwhile: a second runner on the same run gets a clear error.
+    """
+    with RunLock(cfg.run_dir):
+        return _run_locked(grid, cfg, timeout)
+
+
+def _run_locked(grid: Grid, cfg: RunConfig, timeout: float) -> RunRecord:
+    store = RunStore(cfg.run_dir)
+    record = store.load_record()
+    if record is not None:
+        check_same_run(identity_json(RunConfig.from_flower(record.config)), cfg, store.result_path)
+        if record.status == "finished" and record.completed_rounds >= cfg.num_rounds:
+            log(
+                INFO,
+                "%s: finished already (%d rounds), skipped",
+                cfg.run_name,
+                record.completed_rounds,
+            )
+            return record
+
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    evaluate, arrays = make_evaluator(cfg)
+    strategy = build_strategy(cfg)
+    rounds: list[dict[str, Any]] = []
+    start_round = 0
+    wall = 0.0 if record is None else record.wall_seconds
+
+    checkpoint = store.load_checkpoint()
+    if checkpoint is not None:
+        check_same_run(checkpoint.identity, cfg, store.checkpoint_path)
+        arrays = ArrayRecord(checkpoint.arrays)
+        load_strategy_state(strategy, checkpoint.optimizer_state)
+        _set_rng_state(checkpoint.rng)
+        start_round = checkpoint.round
+        rounds = store.read_rounds(upto=start_round)
+        if [r.get("round") for r in rounds] != list(range(start_round + 1)):
+            raise ValueError(
+                f"{store.rounds_path} does not hold rounds 0..{start_round} of "
+                f"the checkpoint; delete {store.run_dir} to start over"
+            )
+        log(INFO, "%s: resuming after round %d", cfg.run_name, start_round)
+    else:
+        rounds.append({"round": 0, **evaluate(arrays)})
+    store.reset_rounds(rounds)
+
+    wait_for_nodes(grid, cfg.num_clients)
+    roles = discover(grid)
+    strategy.honest_node_ids = roles.honest
+    with coordinator_for(cfg) as address:
+        grid = wrap_grid(grid, cfg, roles, address)
+        return _rounds(
+            grid, cfg, strategy, evaluate, arrays, rounds, start_round, wall, store, roles, timeout
+        )
+
+
+def _rounds(
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: Any,
+    evaluate: Callable[[ArrayRecord], dict[str, float]],
+    arrays: ArrayRecord,
+    rounds: list[dict[str, Any]],
+    start_round: int,
+    wall: float,
+    store: RunStore,
+    roles: Roles,
+    timeout: float,
+) -> RunRecord:
+    """Rounds ``start_round + 1 .. num_rounds``, each checkpointed; returns the final record."""
+    identity = identity_json(cfg)
+    config = cfg.to_flower()
+    done = min(start_round, cfg.num_rounds)
+    record = RunRecord(
+        config=config, status="running", completed_rounds=done, rounds=rounds, wall_seconds=wall
+    )
+    for t in range(start_round + 1, cfg.num_rounds + 1):
+        started = time.perf_counter()
+        messages = strategy.configure_train(t, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        new_arrays, train_metrics = strategy.aggregate_train(t, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        metrics: dict[str, Any] = {"round": t, **evaluate(arrays)}
+        metrics.update(_metric_values(train_metrics))
+        metrics["learning-rate"] = strategy.aggregator.learning_rate_at(t)
+        if "selected-nodes" in metrics:
+            metrics["selected-partitions"] = [
+                roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]
+            ]
+        metrics["round-seconds"] = time.perf_counter() - started
+        wall += metrics["round-seconds"]
+        rounds.append(metrics)
+        store.append_round(metrics)
+        store.save_checkpoint(
+            Checkpoint(
+                round=t,
+                arrays=arrays.to_torch_state_dict(),
+                optimizer_state=strategy_state(strategy),
+                identity=identity,
+                rng=_rng_state(),
+            )
+        )
+        status = "finished" if t == cfg.num_rounds else "running"
+        record = RunRecord(
+            config=config, status=status, completed_rounds=t, rounds=rounds, wall_seconds=wall
+        )
+        store.write_record(record)
+        for listener in list(_LISTENERS):
+            listener(cfg, t, metrics)
+    if record.status != "finished":  # the checkpoint already covered the rounds asked for
+        record.status = "finished"
+        record.completed_rounds = start_round
+        store.write_record(record)
+    return record
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: the run config of ``context`` -> :func:`run_server`."""
+    run_server(grid, config_from_context(context.run_config))
+
+
+class _DropKnownNoise(logging.Filter):
+    """Drops FedAvg's warning that federated evaluation is off (we evaluate centrally)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "fraction_evaluate is set to 0.0" not in record.getMessage()
+
+
+def quiet_flower(level: int = logging.WARNING) -> None:
+    """Lower Flower's log verbosity (the runner prints its own progress)."""
+    logger = logging.getLogger("flwr")
+    logger.setLevel(level)
+    if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+        logger.addFilter(_DropKnownNoise())
