@@ -10,9 +10,19 @@ The k values nearest to a centre c form a window of the sorted column: its start
 positions a with ``c - s[a] > s[a + k] - c``, i.e. ``s[a] + s[a + k] < 2c``. Columns where that
 comparison is an exact tie between two different values (c - delta and c + delta) are recomputed
 with a stable sort of the distances, so such ties go to the lowest row index as everywhere else.
+
+``median_window_mean`` (Bulyan's coordinate step on CPU) needs only the middle order statistics
+of each column: the window start lies in ``[mid_lo - k + 1, mid_hi]``. It runs a comparator
+network (Batcher's merge exchange, pruned backwards to the positions used; a comparator whose
+min or max output is dead costs one ufunc instead of two) with numpy ``minimum``/``maximum`` over
+whole rows of cache-sized column blocks, instead of sorting every column: measured ~3x faster
+than the full sort plus window search (1 thread, theta = 15 and 27, d = 1e6).
 """
 
 from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -110,3 +120,104 @@ def shares(n: int, rows: Tensor) -> Tensor:
     """Participation ``(n,)`` float64 CPU from the row indices averaged (equal count per column)."""
     counts = torch.bincount(rows.reshape(-1).to(torch.int64), minlength=n).to("cpu")
     return counts.to(torch.float64) / counts.sum()
+
+
+def _merge_exchange(m: int) -> list[tuple[int, int]]:
+    """Batcher's merge-exchange sorting network for m wires (Knuth, TAOCP 5.2.2, Algorithm M)."""
+    pairs: list[tuple[int, int]] = []
+    if m < 2:
+        return pairs
+    t = (m - 1).bit_length()
+    p = 1 << (t - 1)
+    while p > 0:
+        q, r, gap = 1 << (t - 1), 0, p
+        while True:
+            pairs.extend((i, i + gap) for i in range(m - gap) if i & p == r)
+            if q == p:
+                break
+            gap, q, r = q - p, q >> 1, p
+        p >>= 1
+    return pairs
+
+
+@functools.lru_cache(maxsize=64)
+def _window_plan(m: int, k: int) -> tuple[tuple[tuple[int, int, int], ...], int, int]:
+    """Comparators (i, j, kind) computing sorted positions ``[first, last_start + k)`` of m values,
+    kind 0: both outputs, 1: only the min (into i), 2: only the max (into j); and (first,
+    last_start), the range of the possible window starts for the k values nearest the median."""
+    mid_lo, mid_hi = (m - 1) // 2, m // 2
+    first, last_start = max(0, mid_lo - k + 1), min(mid_hi, m - k)
+    live = set(range(first, last_start + k))
+    plan = []
+    for i, j in reversed(_merge_exchange(m)):
+        if i in live or j in live:
+            plan.append((i, j, 0 if i in live and j in live else (1 if i in live else 2)))
+            live.update((i, j))
+    return tuple(reversed(plan)), first, last_start
+
+
+_BLOCK = 32768  # columns per block: the block's rows stay in the 2 MiB L2 cache (theta <= ~15)
+_WORKERS = 0  # column-block threads; 0: torch.get_num_threads()
+
+
+def median_window_mean(
+    source: np.ndarray, rows: list[int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``source[rows]`` (finite values, m = len(rows) > k >= 1), the mean of the k
+    values nearest to the column median; returns it and the columns with an exact distance tie
+    between two different values (to be decided by row index by the caller).
+
+    The window start is ``first + #{a in [first, last_start) : s[a] + s[a + k] < 2c}`` (the pair
+    sums grow with a; below ``first`` they are <= 2c with equality only among values equal to c,
+    from ``last_start`` on >= 2c), the same comparison as ``nearest_mean``. Window sum: for each
+    candidate a, s[a + k] if the window moved past a, else s[a]; plus the always-kept positions.
+    """
+    m = len(rows)
+    d = source.shape[1]
+    plan, first, last_start = _window_plan(m, k)
+    mid_lo, mid_hi = (m - 1) // 2, m // 2
+    out = np.empty(d, dtype=source.dtype)
+    ties: list[np.ndarray] = []
+    scale = source.dtype.type(1.0 / k)
+
+    def block(lo: int) -> None:
+        hi = min(d, lo + _BLOCK)
+        wires = [source[r, lo:hi].copy() for r in rows]
+        spare = np.empty(hi - lo, dtype=source.dtype)
+        for i, j, kind in plan:
+            low, high = wires[i], wires[j]
+            if kind == 0:
+                np.minimum(low, high, out=spare)
+                np.maximum(low, high, out=high)
+                wires[i], spare = spare, low
+            elif kind == 1:
+                np.minimum(low, high, out=low)
+            else:
+                np.maximum(low, high, out=high)
+        twice = wires[mid_lo] + wires[mid_hi]
+        kept = range(last_start, first + k)  # in every window (may be empty for even m)
+        total = wires[kept[0]].copy() if kept else np.zeros(hi - lo, dtype=source.dtype)
+        for p in kept[1:]:
+            total += wires[p]
+        tie = None
+        for a in range(first, last_start):
+            left, right = wires[a], wires[a + k]
+            np.add(left, right, out=spare)
+            total += np.where(spare < twice, right, left)
+            equal = (spare == twice) & (left != right)
+            tie = equal if tie is None else tie | equal
+        total *= scale
+        out[lo:hi] = total
+        if tie is not None and tie.any():
+            ties.append(np.flatnonzero(tie) + lo)
+
+    starts = range(0, d, _BLOCK)
+    workers = min(_WORKERS or torch.get_num_threads(), len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(block, starts))
+    else:
+        for lo in starts:
+            block(lo)
+    tied = np.sort(np.concatenate(ties)) if ties else np.empty(0, dtype=np.int64)
+    return out, tied

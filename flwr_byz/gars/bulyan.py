@@ -7,7 +7,10 @@ paper's variant.
    computed once and reused (for multi_krum and brute the distance from x_k to the average of a
    set T is ``mean_t D_kt - const``, so the closest vector is ``argmin_k sum_t D_kt``); the
    geometric_median selector iterates on the centred rows. Ties: lowest index.
-2. Per coordinate: average of the beta values of S closest to the coordinate median of S.
+2. Per coordinate: average of the beta values of S closest to the coordinate median of S. On CPU
+   without participation tracking (the plain ``bulyan`` function) and a finite selection, only the
+   middle order statistics are computed (``_columns.median_window_mean``); columns with an exact
+   distance tie between two different values are redone by the general path (lowest row index).
 
 variant="bulyan": theta = n - 2f, beta = theta - 2f. variant="momentum" (El-Mhamdi et al. 2020):
 theta = n - 2f - 2 selected with the selector, beta = n - 4f - 2. Both need n >= 4f + 3.
@@ -17,11 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require
-from ._columns import nearest_mean, shares
+from ._columns import median_window_mean, nearest_mean, shares
 from ._distances import pairwise_squared_distances
 from ._types import Aggregation
 from .brute import check_subset_count, smallest_diameter_subset
@@ -83,6 +87,18 @@ class _Selector:
         return _closest_to_mean_of(sub, usable, members)
 
 
+def _fast_coordinate_step(vectors: Tensor, selected: Tensor, beta: int) -> Tensor:
+    """Step 2 on CPU for finite selected rows: middle order statistics only; exact ties redone."""
+    source = vectors.detach().numpy()
+    value, tied = median_window_mean(source, selected.tolist(), beta)
+    if tied.size:
+        sub = torch.from_numpy(source[np.ix_(selected.numpy(), tied)])  # only the tied columns
+        center, _, ordered, order = median_of(sub, False)
+        fixed, _ = nearest_mean(sub, ordered, order, center, beta)
+        value[tied] = fixed.to(vectors.dtype).numpy()
+    return torch.from_numpy(value)
+
+
 def _bulyan_impl(
     vectors: Tensor,
     f: int,
@@ -115,6 +131,14 @@ def _bulyan_impl(
         chosen.append(int(remaining[local]))
         remaining = torch.cat([remaining[:local], remaining[local + 1 :]])
     selected = torch.tensor(chosen, dtype=torch.int64)
+    if (
+        not track
+        and vectors.device.type == "cpu"
+        and vectors.dtype in (torch.float32, torch.float64)
+        and theta > beta
+        and bool(usable[selected].all())
+    ):
+        return Aggregation(_fast_coordinate_step(vectors, selected, beta), selected, None)  # type: ignore[arg-type]
     pool = vectors.index_select(0, selected.to(vectors.device))
     center, _, ordered, order = median_of(pool, track)
     value, rows = nearest_mean(pool, ordered, order, center, beta)
