@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = [
     "byzantine_influence",
     "honest_statistics",
+    "round_statistics",
     "kappa",
     "krum_condition",
     "median_condition",
@@ -34,24 +35,51 @@ def _check_honest(honest: Tensor) -> None:
 
 
 def honest_statistics(honest: Tensor) -> tuple[float, float]:
-    """Return ``(variance, squared_norm_of_mean)`` of the ``(k, d)`` honest vectors, in float64.
+    """Return ``(variance, squared_norm_of_mean)`` of the ``(k, d)`` honest vectors.
 
-    variance = ``mean_i ||g_i - g_bar||^2``; squared_norm_of_mean = ``||g_bar||^2``.
+    variance = ``mean_i ||g_i - g_bar||^2``; squared_norm_of_mean = ``||g_bar||^2``. Computed in
+    the input's dtype with torch's cascaded (pairwise) summation, centred first, so there is no
+    cancellation and no float64 copy of the ``(k, d)`` tensor; the scalars come back as floats.
     """
     _check_honest(honest)
-    honest64 = honest.to(torch.float64)
-    mean = honest64.mean(dim=0)
-    variance = (honest64 - mean).pow(2).sum(dim=1).mean()
-    return float(variance), float(mean.pow(2).sum())
+    mean = honest.mean(dim=0)
+    centred = honest - mean
+    variance = torch.sum(centred * centred) / honest.shape[0]
+    return float(variance), float(torch.dot(mean, mean))
+
+
+def _ratio(variance: float, norm2: float) -> float:
+    if norm2 == 0.0:
+        return 0.0 if variance == 0.0 else math.inf
+    return variance / norm2
+
+
+def _krum_holds(variance: float, norm2: float, n: int, f: int) -> bool:
+    k = kappa(n, f)
+    return not math.isinf(k) and 2.0 * k * variance < norm2
+
+
+def _median_holds(variance: float, norm2: float, n: int, f: int) -> bool:
+    return (n - f) * variance < norm2
+
+
+def round_statistics(honest: Tensor, n: int, f: int) -> dict[str, float]:
+    """The variance-norm ratio and whether Krum's and Median's conditions held, from one pass.
+
+    Keys: ``variance-norm-ratio``, ``krum-condition``, ``median-condition`` (1.0 / 0.0).
+    """
+    variance, norm2 = honest_statistics(honest)
+    return {
+        "variance-norm-ratio": _ratio(variance, norm2),
+        "krum-condition": float(_krum_holds(variance, norm2, n, f)),
+        "median-condition": float(_median_holds(variance, norm2, n, f)),
+    }
 
 
 def variance_norm_ratio(honest: Tensor) -> float:
     """``mean_i ||g_i - g_bar||^2 / ||g_bar||^2`` (Momentum paper); ``inf`` when ``g_bar = 0``
     and the variance is positive, ``0.0`` when both are zero."""
-    variance, norm2 = honest_statistics(honest)
-    if norm2 == 0.0:
-        return 0.0 if variance == 0.0 else math.inf
-    return variance / norm2
+    return _ratio(*honest_statistics(honest))
 
 
 def kappa(n: int, f: int) -> float:
@@ -71,17 +99,12 @@ def kappa(n: int, f: int) -> float:
 
 def krum_condition(honest: Tensor, n: int, f: int) -> bool:
     """Whether ``2 kappa(n, f) variance < ||g_bar||^2`` held for these honest vectors (eq. 3)."""
-    variance, norm2 = honest_statistics(honest)
-    k = kappa(n, f)
-    if math.isinf(k):
-        return False
-    return 2.0 * k * variance < norm2
+    return _krum_holds(*honest_statistics(honest), n, f)
 
 
 def median_condition(honest: Tensor, n: int, f: int) -> bool:
     """Whether ``(n - f) variance < ||g_bar||^2`` held for these honest vectors (eq. 4)."""
-    variance, norm2 = honest_statistics(honest)
-    return (n - f) * variance < norm2
+    return _median_holds(*honest_statistics(honest), n, f)
 
 
 def byzantine_influence(participation: Tensor, byzantine: Tensor) -> float:

@@ -361,11 +361,7 @@ class RobustAggregator:
             n, f = len(accepted), report.num_byzantine
             if bool(mask.any()):
                 honest_vectors = vectors[mask.to(vectors.device)]
-                out["variance-norm-ratio"] = round_metrics.variance_norm_ratio(honest_vectors)
-                out["krum-condition"] = float(round_metrics.krum_condition(honest_vectors, n, f))
-                out["median-condition"] = float(
-                    round_metrics.median_condition(honest_vectors, n, f)
-                )
+                out.update(round_metrics.round_statistics(honest_vectors, n, f))
             if aggregation is not None:
                 out["byzantine-influence"] = round_metrics.byzantine_influence(
                     aggregation.participation.detach().to("cpu"), ~mask

@@ -71,6 +71,10 @@ def test_conditions_match_their_formulas(n: int, f: int, scale: float, seed: int
     k = metrics.kappa(n, f)
     assert metrics.krum_condition(tensor, n, f) == (math.isfinite(k) and 2 * k * variance < norm2)
     assert metrics.median_condition(tensor, n, f) == ((n - f) * variance < norm2)
+    together = metrics.round_statistics(tensor, n, f)
+    assert together["variance-norm-ratio"] == pytest.approx(variance / norm2, rel=1e-9)
+    assert together["krum-condition"] == float(metrics.krum_condition(tensor, n, f))
+    assert together["median-condition"] == float(metrics.median_condition(tensor, n, f))
 
 
 def test_byzantine_influence_sums_the_byzantine_shares() -> None:
