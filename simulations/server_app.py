@@ -382,6 +382,15 @@ def _rounds(
                 roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]
             ]
         metrics["round-seconds"] = time.perf_counter() - started
+        log(
+            INFO,
+            "round %d/%d: test accuracy %.4f, loss %.4f, byzantine influence %s",
+            t,
+            cfg.num_rounds,
+            metrics.get("test-accuracy", float("nan")),
+            metrics.get("test-loss", float("nan")),
+            metrics.get("byzantine-influence", "n/a"),
+        )
         wall += metrics["round-seconds"]
         rounds.append(metrics)
         store.append_round(metrics)
