@@ -8,8 +8,12 @@ metrics (variance-norm ratio, ...) and evaluate the model on the test split ever
 their time is reported with and without that evaluation.
 
     python benchmarks/bench_engines.py [--steps 30] [--flower-steps 5] [--threads 1] [--profile]
+                                       [--repeats 1]
 
-Numbers depend on the machine and its load; nothing here is asserted by the tests.
+Numbers depend on the machine and its load; nothing here is asserted by the tests. On a shared
+machine, ``--repeats R`` measures the plain loop and the inprocess engine R times, alternately,
+and reports the medians and the median of the R paired ratios (each pair ran under about the
+same load).
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ def main() -> None:
     parser.add_argument("--flower-steps", type=int, default=5, help="0 skips the Flower engine")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternate plain/inprocess runs (shared machines)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_flower()
@@ -112,16 +119,27 @@ def main() -> None:
         f"MNIST setup: n={N}, d={models.num_parameters(models.build('mlp'))}, batch={BATCH}, "
         f"gradient mode, average; torch threads={args.threads}"
     )
-    plain = plain_loop(args.steps)
+    pairs = []
+    for _ in range(max(1, args.repeats)):
+        pairs.append(
+            (plain_loop(args.steps), engine_steps_per_second("inprocess", args.steps, args.threads))
+        )
+    plain = statistics.median(p for p, _ in pairs)
+    inproc = statistics.median(e for _, e in pairs)
     evaluation = evaluation_seconds()
     print(f"plain PyTorch loop : {plain:8.2f} steps/s")
-    inproc = engine_steps_per_second("inprocess", args.steps, args.threads)
     inproc_no_eval = 1.0 / max(1e-9, 1.0 / inproc - evaluation)
     print(
         f"inprocess engine   : {inproc:8.2f} steps/s  (plain/inprocess = {plain / inproc:.2f}x; "
         f"without the per-round evaluation of {evaluation * 1e3:.1f} ms: "
         f"{plain / inproc_no_eval:.2f}x)"
     )
+    if len(pairs) > 1:
+        ratios = sorted(p / e for p, e in pairs)
+        print(
+            f"paired plain/inprocess over {len(pairs)} repeats: median "
+            f"{statistics.median(ratios):.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)"
+        )
     if args.flower_steps:
         flower = engine_steps_per_second("flower", args.flower_steps, args.threads)
         print(f"flower engine (Ray): {flower:8.2f} steps/s  (plain/flower = {plain / flower:.2f}x)")

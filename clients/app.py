@@ -9,6 +9,10 @@ Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from typing import Any
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor
@@ -28,9 +32,29 @@ __all__ = ["adversary_needs", "app", "client_config", "handle_train"]
 app = ClientApp()
 
 
+def _config_key(config: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...]:
+    # the type is part of the key: True == 1 == 1.0 hash alike but may parse differently
+    return tuple((key, type(value), value) for key, value in config.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_config(run_key: tuple, node_key: tuple) -> ClientConfig:
+    run_config = {key: value for key, _, value in run_key}
+    node_config = {key: value for key, _, value in node_key}
+    return ClientConfig.from_configs(run_config, node_config)
+
+
 def client_config(context: Context) -> ClientConfig:
-    """The typed config of this node (run config + node config)."""
-    return ClientConfig.from_configs(context.run_config, context.node_config)
+    """The typed config of this node (run config + node config).
+
+    Memoised by the configs' contents (``ClientConfig`` is frozen; its option dicts are shared
+    and must be read only, as they are): a node parses its configs once, not every round."""
+    try:
+        run_key, node_key = _config_key(context.run_config), _config_key(context.node_config)
+        hash((run_key, node_key))
+    except TypeError:  # an unhashable value: parse without the cache
+        return ClientConfig.from_configs(context.run_config, context.node_config)
+    return _cached_config(run_key, node_key)
 
 
 def adversary_needs(cfg: ClientConfig) -> str:

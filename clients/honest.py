@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .config import ClientConfig
 from .records import flatten
-from .runtime import client_device, dataset_for, model_with_state, shard_indices
+from .runtime import client_device, dataset_for, model_with_state, shard_indices, state_slots
 
 LabelMap = Callable[[Tensor], Tensor]
 MOMENTUM_KEY = "worker-momentum"
@@ -60,10 +60,9 @@ def flat_gradient(
     model.zero_grad(set_to_none=True)
     loss = _loss(model(images), labels)
     loss.backward()
-    params = dict(model.named_parameters())
     parts = []
-    for key, value in model.state_dict().items():
-        param = params.get(key)
+    _, values, params = state_slots(model)  # the state_dict's tensors, cached on the model
+    for value, param in zip(values, params, strict=True):
         if param is None or param.grad is None:
             parts.append(torch.zeros(value.numel(), dtype=torch.float32, device=value.device))
             continue

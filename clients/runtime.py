@@ -70,23 +70,85 @@ def _model(name: str, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
     return cache[key]
 
 
+def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    prefix, _, name = key.rpartition(".")
+    return (model.get_submodule(prefix) if prefix else model), name
+
+
+def _slots_valid(entries: list[tuple[nn.Module, str, Tensor, Tensor]]) -> bool:
+    """Whether every cached tensor is still the one the model holds (no module traversal)."""
+    for owner, name, held, view in entries:
+        live = owner._parameters.get(name, owner._buffers.get(name))  # noqa: SLF001
+        if live is not held or live.data_ptr() != view.data_ptr() or live.device != view.device:
+            return False
+    return True
+
+
+def state_slots(model: nn.Module) -> tuple[list[str], list[Tensor], list[nn.Parameter | None]]:
+    """The model's ``state_dict`` keys, tensors (live views of its parameters and buffers) and,
+    per key, the parameter it holds (``None`` for a buffer).
+
+    Cached on the model and checked on every call without traversing the modules: rebuilt when
+    a parameter or buffer was replaced or moved (``.to(device)`` swaps ``param.data`` and the
+    buffers). Replacing a whole submodule of a model already seen is not detected."""
+    cached = model.__dict__.get("_flwr_byz_state_slots")
+    if cached is not None and _slots_valid(cached[0]):
+        return cached[1]
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    entries = []
+    for key, view in state.items():
+        owner, name = _owner(model, key)
+        held = owner._parameters.get(name, owner._buffers.get(name))  # noqa: SLF001
+        if not isinstance(held, Tensor):  # extra state or an exotic module: no caching
+            return list(state), list(state.values()), [params.get(k) for k in state]
+        entries.append((owner, name, held, view))
+    slots = (list(state), list(state.values()), [params.get(key) for key in state])
+    model.__dict__["_flwr_byz_state_slots"] = (entries, slots)
+    return slots
+
+
+def _on_device(tensors: list[Tensor], device: torch.device) -> bool:
+    return all(t.device == device for t in tensors)
+
+
 def model_with_state(
     cfg: ClientConfig, state: dict[str, Tensor], device: torch.device
 ) -> nn.Module:
     """The run's model (one cached instance per process) loaded with ``state`` on ``device``.
 
     The state's keys must be the model's ``state_dict`` keys (the server builds the initial
-    arrays from the same ``flwr_byz.models.build``)."""
+    arrays from the same ``flwr_byz.models.build``). Loading copies each tensor into the model's
+    own (like ``load_state_dict``, with its shape check) without rebuilding the ``state_dict``."""
     split = dataset_for(cfg)
     model = _model(cfg.model, split.num_classes, tuple(split.train_x.shape[1:]))
-    expected = list(model.state_dict())
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    expected, targets, _ = state_slots(model)
+    if not _on_device(targets, device):
+        model.to(device)
+        expected, targets, _ = state_slots(model)
     if list(state) != expected:
         raise ValueError(
             f"received arrays have keys {list(state)[:6]}..., but model {cfg.model!r} has "
             f"{expected[:6]}...; the server and the clients must use the same model"
         )
-    model.load_state_dict(state)
-    return model.to(device)
+    mismatched = [
+        f"size mismatch for {key}: copying a param with shape {tuple(value.shape)}, the shape "
+        f"in current model is {tuple(target.shape)}."
+        for key, value, target in zip(expected, state.values(), targets, strict=True)
+        if tuple(value.shape) != tuple(target.shape)
+    ]
+    if mismatched:
+        raise RuntimeError(
+            f"Error(s) in loading state_dict for {type(model).__name__}:\n\t"
+            + "\n\t".join(mismatched)
+        )
+    with torch.no_grad():
+        for value, target in zip(state.values(), targets, strict=True):
+            target.copy_(value)
+    return model
 
 
 def client_device(name: str = "cpu") -> torch.device:

@@ -21,6 +21,7 @@ from logging import ERROR
 from typing import Any
 
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -42,6 +43,22 @@ PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 
 
+def _copy_array(array: Array) -> Array:
+    """A new ``Array`` with the same fields, sharing the (immutable) ``bytes``.
+
+    Same result as ``Array(dtype=..., shape=..., stype=..., data=...)`` without its argument
+    dispatch (the copy of a message runs once per node and array every round)."""
+    if type(array) is not Array:
+        return Array(
+            dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+        )
+    copied = Array.__new__(Array)
+    copied.__dict__.update(
+        dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+    )
+    return copied
+
+
 def _copy_recorddict(content: RecordDict) -> RecordDict:
     """A copy of the record structure that shares the (immutable) array bytes.
 
@@ -52,7 +69,10 @@ def _copy_recorddict(content: RecordDict) -> RecordDict:
     records: dict[str, Any] = {}
     for key, record in content.items():
         if isinstance(record, ArrayRecord):
-            records[key] = ArrayRecord(dict(record.items()), keep_input=True)
+            arrays = ArrayRecord()
+            for name, array in record.items():
+                arrays[name] = _copy_array(array)
+            records[key] = arrays
         elif isinstance(record, ConfigRecord):
             records[key] = ConfigRecord(
                 {k: list(v) if isinstance(v, list) else v for k, v in record.items()}

@@ -43,6 +43,15 @@ def honest_statistics(honest: Tensor) -> tuple[float, float]:
     """
     _check_honest(honest)
     mean = honest.mean(dim=0)
+    if honest.device.type == "cpu" and honest.dtype in (torch.float32, torch.float64):
+        # one row at a time through a reused (d,) buffer: no (k, d) temporaries, cache-resident;
+        # each row's squared distance is a BLAS dot, summed in Python floats (float64)
+        buffer = torch.empty_like(mean)
+        total = 0.0
+        for row in honest:
+            centred = torch.sub(row, mean, out=buffer)
+            total += float(torch.dot(centred, centred))
+        return total / honest.shape[0], float(torch.dot(mean, mean))
     centred = honest - mean
     variance = torch.sum(centred * centred) / honest.shape[0]
     return float(variance), float(torch.dot(mean, mean))
