@@ -9,12 +9,10 @@ Message API, although legacy metrics are nominally scalars.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from logging import INFO
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.common import (
     Code,
     FitIns,
@@ -29,8 +27,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from flwr_byz.strategy.core import RobustAggregator, RoundReport, Submission
-from flwr_byz.strategy.server_update import ServerUpdateConfig
+from flwr_byz.strategy import rules
+from flwr_byz.strategy.core import Submission
+from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
     "Average",
@@ -69,75 +68,16 @@ def _decode(parameters: Parameters) -> tuple[dict[str, np.ndarray] | None, str |
         return None, f"parameters cannot be decoded: {type(err).__name__}: {err}"
 
 
-class RobustFedAvg(FedAvg):
+class RobustFedAvg(RobustBase, FedAvg):
     """Legacy FedAvg with a robust rule in place of the weighted average.
 
-    Same keywords as :class:`flwr_byz.strategy.RobustStrategy`; ``**fedavg_kwargs`` are the legacy
+    Same keywords as :class:`flwr_byz.strategy.RobustStrategy`; the remaining ones are the legacy
     FedAvg's (``fraction_fit``, ``min_fit_clients``, ``initial_parameters``, ...).
     """
 
-    rule_name: str = ""
-
-    def __init__(
-        self,
-        rule: str | None = None,
-        *,
-        num_byzantine: int = 0,
-        rule_options: dict[str, Any] | None = None,
-        device: str | torch.device = "auto",
-        update_mode: str = "weights",
-        learning_rate: float | None = None,
-        lr_schedule_r: float | None = None,
-        server_momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        clip_norm: float | None = None,
-        on_too_few: str = "keep",
-        honest_node_ids: Collection[int] | None = None,
-        **fedavg_kwargs: Any,
-    ) -> None:
-        super().__init__(**fedavg_kwargs)
-        rule = rule or self.rule_name
-        if not rule:
-            raise ValueError("RobustFedAvg needs a rule name (one of flwr_byz.gars.NAMES)")
-        self.aggregator = RobustAggregator(
-            rule,
-            num_byzantine,
-            rule_options=rule_options,
-            device=device,
-            update=ServerUpdateConfig(
-                update_mode=update_mode,
-                learning_rate=learning_rate,
-                lr_schedule_r=lr_schedule_r,
-                server_momentum=server_momentum,
-                weight_decay=weight_decay,
-                clip_norm=clip_norm,
-            ),
-            on_too_few=on_too_few,
-            honest_node_ids=honest_node_ids,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._global_parameters: Parameters | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(rule={self.aggregator.rule.name}, f={self.num_byzantine})"
-
-    @property
-    def num_byzantine(self) -> int:
-        """Declared ``f``."""
-        return self.aggregator.num_byzantine
-
-    @property
-    def honest_node_ids(self) -> frozenset[int] | None:
-        """Node ids known to be honest (None: honest-only metrics off)."""
-        return self.aggregator.honest_node_ids
-
-    @honest_node_ids.setter
-    def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
-        self.aggregator.honest_node_ids = node_ids
-
-    @property
-    def last_round_report(self) -> RoundReport | None:
-        """The last round's report."""
-        return self.aggregator.last_round_report
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -189,117 +129,45 @@ class RobustFedAvg(FedAvg):
         return parameters, dict(report.metrics)
 
 
-class Average(RobustFedAvg):
-    """Unweighted mean (not robust; the reference)."""
-
-    rule_name = "average"
+class Average(rules.Average, RobustFedAvg):
+    __doc__ = rules.Average.__doc__
 
 
-class Median(RobustFedAvg):
-    """Coordinate-wise median."""
-
-    rule_name = "median"
+class Median(rules.Median, RobustFedAvg):
+    __doc__ = rules.Median.__doc__
 
 
-class TrimmedMean(RobustFedAvg):
-    """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7)."""
-
-    rule_name = "trimmed_mean"
-
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+class TrimmedMean(rules.TrimmedMean, RobustFedAvg):
+    __doc__ = rules.TrimmedMean.__doc__
 
 
-class Phocas(RobustFedAvg):
-    """Phocas_b (Phocas paper, Def. 8)."""
-
-    rule_name = "phocas"
-
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+class Phocas(rules.Phocas, RobustFedAvg):
+    __doc__ = rules.Phocas.__doc__
 
 
-class MeaMed(RobustFedAvg):
-    """Mean around the median."""
-
-    rule_name = "meamed"
+class MeaMed(rules.MeaMed, RobustFedAvg):
+    __doc__ = rules.MeaMed.__doc__
 
 
-class Krum(RobustFedAvg):
-    """Krum."""
-
-    rule_name = "krum"
+class Krum(rules.Krum, RobustFedAvg):
+    __doc__ = rules.Krum.__doc__
 
 
-class MultiKrum(RobustFedAvg):
-    """Multi-Krum (default m = n - f)."""
-
-    rule_name = "multi_krum"
-
-    def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
+class MultiKrum(rules.MultiKrum, RobustFedAvg):
+    __doc__ = rules.MultiKrum.__doc__
 
 
-class Medoid(RobustFedAvg):
-    """Medoid ("GeoMed" of the Bulyan paper)."""
-
-    rule_name = "medoid"
+class Medoid(rules.Medoid, RobustFedAvg):
+    __doc__ = rules.Medoid.__doc__
 
 
-class GeometricMedian(RobustFedAvg):
-    """Geometric median (smoothed Weiszfeld)."""
-
-    rule_name = "geometric_median"
-
-    def __init__(
-        self,
-        *,
-        num_byzantine: int = 0,
-        eps: float = 1e-8,
-        tol: float = 1e-7,
-        max_iter: int = 1000,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_byzantine=num_byzantine,
-            rule_options={"eps": eps, "tol": tol, "max_iter": max_iter},
-            **kwargs,
-        )
+class GeometricMedian(rules.GeometricMedian, RobustFedAvg):
+    __doc__ = rules.GeometricMedian.__doc__
 
 
-class Brute(RobustFedAvg):
-    """Brute (smallest-diameter subset of size n - f)."""
-
-    rule_name = "brute"
-
-    def __init__(
-        self, *, num_byzantine: int = 0, max_subsets: int = 100_000, **kwargs: Any
-    ) -> None:
-        super().__init__(
-            num_byzantine=num_byzantine, rule_options={"max_subsets": max_subsets}, **kwargs
-        )
+class Brute(rules.Brute, RobustFedAvg):
+    __doc__ = rules.Brute.__doc__
 
 
-class Bulyan(RobustFedAvg):
-    """Bulyan(A) (Bulyan paper, section 4)."""
-
-    rule_name = "bulyan"
-
-    def __init__(
-        self,
-        *,
-        num_byzantine: int = 0,
-        selector: str = "krum",
-        variant: str = "bulyan",
-        selector_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_byzantine=num_byzantine,
-            rule_options={
-                "selector": selector,
-                "variant": variant,
-                "selector_options": selector_options,
-            },
-            **kwargs,
-        )
+class Bulyan(rules.Bulyan, RobustFedAvg):
+    __doc__ = rules.Bulyan.__doc__

@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SType
 from flwr.common.logger import log
@@ -24,8 +23,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from numpy.lib import format as npy_format
 
-from flwr_byz.strategy.core import RobustAggregator, RoundReport, Submission
-from flwr_byz.strategy.server_update import ServerUpdateConfig
+from flwr_byz.strategy import rules
+from flwr_byz.strategy.core import Submission
+from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
     "Average",
@@ -163,95 +163,19 @@ def _reply_metrics(message: Message) -> dict[str, Any]:
     return merged
 
 
-class RobustStrategy(FedAvg):
-    """FedAvg's plumbing with a robust rule in place of the weighted average.
+class RobustStrategy(RobustBase, FedAvg):
+    """FedAvg's plumbing (Message API) with a robust rule in place of the weighted average.
 
-    Args:
-        rule: a name in ``flwr_byz.gars.NAMES`` (the thin subclasses fix it).
-        num_byzantine: declared number ``f`` of Byzantine nodes per round.
-        rule_options: the rule's keyword options (``b``, ``m``, ``selector``, ...).
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
-        update_mode: ``"weights"`` (replies are trained weights; deltas are aggregated) or
-            ``"gradient"`` (replies are gradients or worker momenta; the server takes an SGD step).
-        learning_rate, lr_schedule_r, server_momentum, weight_decay, clip_norm: the server step,
-            see :mod:`flwr_byz.strategy.server_update`.
-        on_too_few: ``"keep"`` the model unchanged or ``"raise"`` when too few usable replies.
-        honest_node_ids: node ids known honest (settable later) for the honest-only metrics.
-        **fedavg_kwargs: FedAvg's ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``,
-            ``min_evaluate_nodes``, ``min_available_nodes``, ``arrayrecord_key``, ...
+    Keywords: those of :class:`flwr_byz.strategy.rules.RobustBase` (``num_byzantine``, the rule's
+    options, ``device``, ``update_mode``, the server step, ``on_too_few``, ``honest_node_ids``),
+    then FedAvg's ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``,
+    ``min_evaluate_nodes``, ``min_available_nodes``, ``arrayrecord_key``, ...
     """
 
-    rule_name: str = ""
-
-    def __init__(
-        self,
-        rule: str | None = None,
-        *,
-        num_byzantine: int = 0,
-        rule_options: dict[str, Any] | None = None,
-        device: str | torch.device = "auto",
-        update_mode: str = "weights",
-        learning_rate: float | None = None,
-        lr_schedule_r: float | None = None,
-        server_momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        clip_norm: float | None = None,
-        on_too_few: str = "keep",
-        honest_node_ids: Collection[int] | None = None,
-        **fedavg_kwargs: Any,
-    ) -> None:
-        super().__init__(**fedavg_kwargs)
-        rule = rule or self.rule_name
-        if not rule:
-            raise ValueError("RobustStrategy needs a rule name (one of flwr_byz.gars.NAMES)")
-        self.aggregator = RobustAggregator(
-            rule,
-            num_byzantine,
-            rule_options=rule_options,
-            device=device,
-            update=ServerUpdateConfig(
-                update_mode=update_mode,
-                learning_rate=learning_rate,
-                lr_schedule_r=lr_schedule_r,
-                server_momentum=server_momentum,
-                weight_decay=weight_decay,
-                clip_norm=clip_norm,
-            ),
-            on_too_few=on_too_few,
-            honest_node_ids=honest_node_ids,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._global_record: ArrayRecord | None = None
         self._expected_nodes: list[int] = []
-
-    # -------------------------------------------------------------- properties
-    @property
-    def num_byzantine(self) -> int:
-        """Declared ``f``."""
-        return self.aggregator.num_byzantine
-
-    @property
-    def update_mode(self) -> str:
-        """``"weights"`` or ``"gradient"``."""
-        return self.aggregator.update.update_mode
-
-    @property
-    def device(self) -> torch.device:
-        """Where aggregation runs."""
-        return self.aggregator.device
-
-    @property
-    def honest_node_ids(self) -> frozenset[int] | None:
-        """Node ids known to be honest (None: honest-only metrics off)."""
-        return self.aggregator.honest_node_ids
-
-    @honest_node_ids.setter
-    def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
-        self.aggregator.honest_node_ids = node_ids
-
-    @property
-    def last_round_report(self) -> RoundReport | None:
-        """The last round's report: accepted, excluded (node id, reason), selected, ..."""
-        return self.aggregator.last_round_report
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -359,140 +283,45 @@ class RobustStrategy(FedAvg):
         return result
 
 
-class Average(RobustStrategy):
-    """Unweighted mean of the replies: not robust, the reference (and FedAvg without weights)."""
-
-    rule_name = "average"
-
-    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
-        super().__init__("average", num_byzantine=num_byzantine, **kwargs)
+class Average(rules.Average, RobustStrategy):
+    __doc__ = rules.Average.__doc__
 
 
-class Median(RobustStrategy):
-    """Coordinate-wise median (n >= 2f + 1)."""
-
-    rule_name = "median"
-
-    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
-        super().__init__("median", num_byzantine=num_byzantine, **kwargs)
+class Median(rules.Median, RobustStrategy):
+    __doc__ = rules.Median.__doc__
 
 
-class TrimmedMean(RobustStrategy):
-    """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7); ``b`` defaults to f."""
-
-    rule_name = "trimmed_mean"
-
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__(
-            "trimmed_mean", num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs
-        )
+class TrimmedMean(rules.TrimmedMean, RobustStrategy):
+    __doc__ = rules.TrimmedMean.__doc__
 
 
-class Phocas(RobustStrategy):
-    """Phocas_b (Phocas paper, Def. 8): mean of the n-b values nearest to Trmean_b."""
-
-    rule_name = "phocas"
-
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__("phocas", num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+class Phocas(rules.Phocas, RobustStrategy):
+    __doc__ = rules.Phocas.__doc__
 
 
-class MeaMed(RobustStrategy):
-    """Mean around the median: per coordinate, the mean of the n-f values nearest the median."""
-
-    rule_name = "meamed"
-
-    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
-        super().__init__("meamed", num_byzantine=num_byzantine, **kwargs)
+class MeaMed(rules.MeaMed, RobustStrategy):
+    __doc__ = rules.MeaMed.__doc__
 
 
-class Krum(RobustStrategy):
-    """Krum (Bulyan paper's Krum; n >= 2f + 3): the reply with the lowest Krum score."""
-
-    rule_name = "krum"
-
-    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
-        super().__init__("krum", num_byzantine=num_byzantine, **kwargs)
+class Krum(rules.Krum, RobustStrategy):
+    __doc__ = rules.Krum.__doc__
 
 
-class MultiKrum(RobustStrategy):
-    """Multi-Krum: mean of the ``m`` lowest-scoring replies (default m = n - f)."""
-
-    rule_name = "multi_krum"
-
-    def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
-        super().__init__("multi_krum", num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
+class MultiKrum(rules.MultiKrum, RobustStrategy):
+    __doc__ = rules.MultiKrum.__doc__
 
 
-class Medoid(RobustStrategy):
-    """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances."""
-
-    rule_name = "medoid"
-
-    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
-        super().__init__("medoid", num_byzantine=num_byzantine, **kwargs)
+class Medoid(rules.Medoid, RobustStrategy):
+    __doc__ = rules.Medoid.__doc__
 
 
-class GeometricMedian(RobustStrategy):
-    """Geometric median by smoothed Weiszfeld iterations (``eps``, ``tol``, ``max_iter``)."""
-
-    rule_name = "geometric_median"
-
-    def __init__(
-        self,
-        *,
-        num_byzantine: int = 0,
-        eps: float = 1e-8,
-        tol: float = 1e-7,
-        max_iter: int = 1000,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            "geometric_median",
-            num_byzantine=num_byzantine,
-            rule_options={"eps": eps, "tol": tol, "max_iter": max_iter},
-            **kwargs,
-        )
+class GeometricMedian(rules.GeometricMedian, RobustStrategy):
+    __doc__ = rules.GeometricMedian.__doc__
 
 
-class Brute(RobustStrategy):
-    """Brute (Bulyan paper): mean of the n-f subset of smallest diameter; refuses > max_subsets."""
-
-    rule_name = "brute"
-
-    def __init__(
-        self, *, num_byzantine: int = 0, max_subsets: int = 100_000, **kwargs: Any
-    ) -> None:
-        super().__init__(
-            "brute",
-            num_byzantine=num_byzantine,
-            rule_options={"max_subsets": max_subsets},
-            **kwargs,
-        )
+class Brute(rules.Brute, RobustStrategy):
+    __doc__ = rules.Brute.__doc__
 
 
-class Bulyan(RobustStrategy):
-    """Bulyan(A) (Bulyan paper, section 4; n >= 4f + 3); ``selector`` A, ``variant`` "bulyan" or
-    "momentum" (the Distributed Momentum paper's variant)."""
-
-    rule_name = "bulyan"
-
-    def __init__(
-        self,
-        *,
-        num_byzantine: int = 0,
-        selector: str = "krum",
-        variant: str = "bulyan",
-        selector_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            "bulyan",
-            num_byzantine=num_byzantine,
-            rule_options={
-                "selector": selector,
-                "variant": variant,
-                "selector_options": selector_options,
-            },
-            **kwargs,
-        )
+class Bulyan(rules.Bulyan, RobustStrategy):
+    __doc__ = rules.Bulyan.__doc__

@@ -1,0 +1,231 @@
+"""What the Message-API and legacy strategies share, Flower-free: the robust constructor and
+properties (:class:`RobustBase`) and one mixin per rule that fixes its name and options.
+
+Each API module combines them with its own FedAvg, e.g. ``class Krum(rules.Krum, RobustStrategy)``,
+so a rule's options and documentation are written once for both APIs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import torch
+
+from flwr_byz.strategy.core import RobustAggregator, RoundReport
+from flwr_byz.strategy.server_update import ServerUpdateConfig
+
+
+class RobustBase:
+    """The robust part of a strategy: builds its :class:`RobustAggregator`, passes the remaining
+    keywords to the FedAvg it is combined with.
+
+    Args:
+        rule: a name in ``flwr_byz.gars.NAMES`` (the rule classes fix it).
+        num_byzantine: declared number ``f`` of Byzantine nodes per round.
+        rule_options: the rule's keyword options (``b``, ``m``, ``selector``, ...).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"``, ...
+        update_mode: ``"weights"`` (replies are trained weights; deltas are aggregated) or
+            ``"gradient"`` (replies are gradients or worker momenta; the server takes an SGD step).
+        learning_rate, lr_schedule_r, server_momentum, weight_decay, clip_norm: the server step,
+            see :mod:`flwr_byz.strategy.server_update`.
+        on_too_few: ``"keep"`` the model unchanged or ``"raise"`` when too few usable replies.
+        honest_node_ids: node ids known honest (settable later) for the honest-only metrics.
+        **fedavg_kwargs: the FedAvg's own keywords (sampling, keys, ...).
+    """
+
+    rule_name: str = ""
+
+    def __init__(
+        self,
+        rule: str | None = None,
+        *,
+        num_byzantine: int = 0,
+        rule_options: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        update_mode: str = "weights",
+        learning_rate: float | None = None,
+        lr_schedule_r: float | None = None,
+        server_momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        on_too_few: str = "keep",
+        honest_node_ids: Collection[int] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        rule = rule or self.rule_name
+        if not rule:
+            raise ValueError(
+                f"{type(self).__name__} needs a rule name (one of flwr_byz.gars.NAMES)"
+            )
+        self.aggregator = RobustAggregator(
+            rule,
+            num_byzantine,
+            rule_options=rule_options,
+            device=device,
+            update=ServerUpdateConfig(
+                update_mode=update_mode,
+                learning_rate=learning_rate,
+                lr_schedule_r=lr_schedule_r,
+                server_momentum=server_momentum,
+                weight_decay=weight_decay,
+                clip_norm=clip_norm,
+            ),
+            on_too_few=on_too_few,
+            honest_node_ids=honest_node_ids,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rule={self.aggregator.rule.name}, f={self.num_byzantine})"
+
+    @property
+    def num_byzantine(self) -> int:
+        """Declared ``f``."""
+        return self.aggregator.num_byzantine
+
+    @property
+    def update_mode(self) -> str:
+        """``"weights"`` or ``"gradient"``."""
+        return self.aggregator.update.update_mode
+
+    @property
+    def device(self) -> torch.device:
+        """Where aggregation runs."""
+        return self.aggregator.device
+
+    @property
+    def honest_node_ids(self) -> frozenset[int] | None:
+        """Node ids known to be honest (None: honest-only metrics off)."""
+        return self.aggregator.honest_node_ids
+
+    @honest_node_ids.setter
+    def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
+        self.aggregator.honest_node_ids = node_ids
+
+    @property
+    def last_round_report(self) -> RoundReport | None:
+        """The last round's report: accepted, excluded (node id, reason), selected, ..."""
+        return self.aggregator.last_round_report
+
+
+class Average:
+    """Unweighted mean (not robust; the reference)."""
+
+    rule_name = "average"
+
+
+class Median:
+    """Coordinate-wise median (n >= 2f + 1)."""
+
+    rule_name = "median"
+
+
+class TrimmedMean:
+    """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7); ``b`` defaults to f."""
+
+    rule_name = "trimmed_mean"
+
+    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+
+
+class Phocas:
+    """Phocas_b (Phocas paper, Def. 8): mean of the n-b values nearest to Trmean_b."""
+
+    rule_name = "phocas"
+
+    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+
+
+class MeaMed:
+    """Mean around the median: per coordinate, the mean of the n-f values nearest the median."""
+
+    rule_name = "meamed"
+
+
+class Krum:
+    """Krum (Bulyan paper; n >= 2f + 3): the reply with the lowest Krum score (n-f-2 neighbours)."""
+
+    rule_name = "krum"
+
+
+class MultiKrum:
+    """Multi-Krum: unweighted mean of the ``m`` lowest-scoring replies (default m = n - f)."""
+
+    rule_name = "multi_krum"
+
+    def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
+
+
+class Medoid:
+    """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances."""
+
+    rule_name = "medoid"
+
+
+class GeometricMedian:
+    """Geometric median by smoothed Weiszfeld iterations (``eps``, ``tol``, ``max_iter``)."""
+
+    rule_name = "geometric_median"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        eps: float = 1e-8,
+        tol: float = 1e-7,
+        max_iter: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        options = {"eps": eps, "tol": tol, "max_iter": max_iter}
+        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+
+
+class Brute:
+    """Brute (Bulyan paper): mean of the n-f subset of smallest diameter; refuses > max_subsets."""
+
+    rule_name = "brute"
+
+    def __init__(
+        self, *, num_byzantine: int = 0, max_subsets: int = 100_000, **kwargs: Any
+    ) -> None:
+        options = {"max_subsets": max_subsets}
+        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+
+
+class Bulyan:
+    """Bulyan(A) (Bulyan paper, section 4; n >= 4f + 3); ``selector`` A, ``variant`` "bulyan" or
+    "momentum" (the Distributed Momentum paper's variant)."""
+
+    rule_name = "bulyan"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        selector: str = "krum",
+        variant: str = "bulyan",
+        selector_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = {"selector": selector, "variant": variant, "selector_options": selector_options}
+        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+
+
+#: The rule mixins in ``flwr_byz.gars.NAMES`` order.
+RULE_MIXINS: tuple[type, ...] = (
+    Average,
+    Median,
+    TrimmedMean,
+    Phocas,
+    MeaMed,
+    Krum,
+    MultiKrum,
+    Medoid,
+    GeometricMedian,
+    Brute,
+    Bulyan,
+)
