@@ -116,6 +116,32 @@ def nearest_mean(
     return values, rows
 
 
+def window_shares(keys: Tensor, ordered: Tensor, lo: int, hi: int, chunk: int = 1 << 16) -> Tensor:
+    """Participation ``(n,)`` float64 CPU of the sorted positions ``lo .. hi-1`` of every column,
+    from the values alone (no index sort, which costs several times the value sort on CPU).
+
+    A row whose key lies strictly inside the window's value range counts once in that column; the
+    rows equal to a boundary value share that value's positions in the window equally (equal
+    values have no natural owner). Without ties this is exactly the count of kept values per row.
+    """
+    n, d = keys.shape
+    counts = torch.zeros(n, dtype=torch.float64, device=keys.device)
+    for start in range(0, d, chunk):
+        cols = slice(start, min(start + chunk, d))
+        block, window = keys[:, cols], ordered[lo:hi, cols]
+        low, high = window[0], window[-1]
+        counts += ((block > low) & (block < high)).sum(dim=1, dtype=torch.float64)
+        for value, boundary in ((low, None), (high, low)):
+            at_value = block == value
+            kept = (window == value).sum(dim=0, dtype=torch.float64)
+            if boundary is not None:  # the high end, unless it is the low end again
+                kept = torch.where(high == boundary, torch.zeros_like(kept), kept)
+            per_row = kept / at_value.sum(dim=0, dtype=torch.float64).clamp_min(1.0)
+            counts += at_value.to(torch.float64) @ per_row
+    counts = counts.to("cpu")
+    return counts / counts.sum()
+
+
 def shares(n: int, rows: Tensor) -> Tensor:
     """Participation ``(n,)`` float64 CPU from the row indices averaged (equal count per column)."""
     counts = torch.bincount(rows.reshape(-1).to(torch.int64), minlength=n).to("cpu")

@@ -19,6 +19,7 @@ from ._columns import (
     nearest_mean,
     shares,
     sorted_columns,
+    window_shares,
 )
 from ._types import Aggregation
 
@@ -51,8 +52,11 @@ def median_of(keys: Tensor, track: bool) -> tuple[Tensor, Tensor | None, Tensor,
 def _median_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("median", vectors, f)
     require("median", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    value, rows, _, _ = median_of(extremes_as_inf("median", vectors, f), track)
-    return _result(vectors, value, rows)
+    keys = extremes_as_inf("median", vectors, f)
+    value, _, ordered, _ = median_of(keys, track=False)
+    middle = middle_positions(n)
+    share = window_shares(keys, ordered, middle.start, middle.stop) if track else None
+    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
 
 
 def _trim(keys: Tensor, b: int, track: bool):
@@ -68,8 +72,10 @@ def _trimmed_mean_impl(
     n, _, f = check_inputs("trimmed_mean", vectors, f)
     b = _b_or_f("trimmed_mean", b, f)
     require("trimmed_mean", n, f, n >= 2 * b + 1, f"n >= 2b + 1 with b={b}")
-    value, rows, _, _ = _trim(extremes_as_inf("trimmed_mean", vectors, b), b, track)
-    return _result(vectors, value, rows)
+    keys = extremes_as_inf("trimmed_mean", vectors, b)
+    value, _, ordered, _ = _trim(keys, b, track=False)
+    share = window_shares(keys, ordered, b, n - b) if track else None
+    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
 
 
 def _phocas_impl(

@@ -184,3 +184,20 @@ def test_output_dtype_device_and_cpu_agreement(name, dtype, device):
     torch.testing.assert_close(got.vector.cpu(), expected.vector, rtol=tol, atol=tol)
     if expected.selected is not None:
         assert got.selected.tolist() == expected.selected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "f"), [("median", 9, 3), ("median", 8, 2), ("trimmed_mean", 9, 2)]
+)
+def test_coordinatewise_participation_splits_tied_values_equally(name, n, f):
+    """Equal values have no natural owner: the rows holding a value share its kept positions."""
+    x = np.random.default_rng(3).integers(0, 4, size=(n, 50)).astype(np.float64)  # many ties
+    share = gars.aggregate(name, torch.from_numpy(x), f).participation.numpy()
+    lo, hi = (f, n - f) if name == "trimmed_mean" else ((n - 1) // 2, n // 2 + 1)
+    kept = np.zeros(n)
+    for column in x.T:
+        window = np.sort(column)[lo:hi]
+        for value in set(window.tolist()):
+            holders = np.flatnonzero(column == value)
+            kept[holders] += np.count_nonzero(window == value) / len(holders)
+    np.testing.assert_allclose(share, kept / kept.sum(), rtol=1e-12)
