@@ -17,8 +17,8 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from .grid_wrapper import GridWrapper
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
 
 __all__ = ["NEEDS", "AdversaryGrid", "discover_roles", "needs_for_run_config"]
@@ -47,7 +47,7 @@ def with_config(message: Message, extra: dict[str, Any]) -> Message:
     )
 
 
-class AdversaryGrid(Grid):
+class AdversaryGrid(GridWrapper):
     """Wraps a Flower ``Grid``; orders each train round so that colluders never deadlock.
 
     ``byzantine_node_ids``: the nodes running the attack (from ``discover_roles``); ``needs``:
@@ -71,39 +71,6 @@ class AdversaryGrid(Grid):
         self.byzantine_node_ids = frozenset(int(node) for node in byzantine_node_ids)
         self.needs = needs
         self.coordinator_address = coordinator_address or ""
-
-    # Delegation of the plain Grid API.
-    def set_run(self, run: Run) -> None:
-        """Set the run on the wrapped grid."""
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped grid's run."""
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegated to the wrapped grid."""
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """The wrapped grid's node ids."""
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegated unchanged (ordering applies to ``send_and_receive`` only)."""
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegated unchanged."""
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -17,12 +17,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from flwr_byz import attacks
 
+from .grid_wrapper import GridWrapper
 from .malicious import attack_generator
 from .records import flatten, record_to_state, vector_to_record
 
@@ -49,7 +49,7 @@ def corrupt_received(
     raise ValueError(f"ChannelFaultGrid: fault must be one of {FAULTS}, got {fault!r}")
 
 
-class ChannelFaultGrid(Grid):
+class ChannelFaultGrid(GridWrapper):
     """Wraps a Flower ``Grid``; corrupts the ``"arrays"`` of successful train replies.
 
     Replies are stacked in ascending source-node order into one float32 ``(n, d)`` tensor,
@@ -62,38 +62,6 @@ class ChannelFaultGrid(Grid):
             raise ValueError(f"ChannelFaultGrid: fault must be one of {FAULTS}, got {fault!r}")
         self.grid, self.fault, self.seed, self.options = grid, fault, int(seed), options
         self.calls = 0
-
-    def set_run(self, run: Run) -> None:
-        """Set the run on the wrapped grid."""
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped grid's run."""
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegated to the wrapped grid."""
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """The wrapped grid's node ids."""
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegated unchanged."""
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegated unchanged (corruption applies to ``send_and_receive``)."""
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
