@@ -214,18 +214,3 @@ class Bulyan:
         options = {"selector": selector, "variant": variant, "selector_options": selector_options}
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
 
-
-#: The rule mixins in ``flwr_byz.gars.NAMES`` order.
-RULE_MIXINS: tuple[type, ...] = (
-    Average,
-    Median,
-    TrimmedMean,
-    Phocas,
-    MeaMed,
-    Krum,
-    MultiKrum,
-    Medoid,
-    GeometricMedian,
-    Brute,
-    Bulyan,
-)
