@@ -213,4 +213,3 @@ class Bulyan:
     ) -> None:
         options = {"selector": selector, "variant": variant, "selector_options": selector_options}
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
-
