@@ -3,7 +3,9 @@
 - variance-norm ratio: ``mean_i ||g_i - g_bar||^2 / ||g_bar||^2`` over the honest submissions;
 - Krum's robustness condition (eq. 3): ``2 kappa(n, f) variance < ||g_bar||^2``;
 - Median's robustness condition (eq. 4): ``(n - f) variance < ||g_bar||^2``;
-- Byzantine influence: the share of the aggregate that came from Byzantine inputs.
+- Byzantine influence: the share of the aggregate that came from Byzantine inputs;
+- the clients' own reported metrics, aggregated so that no client controls them
+  (:func:`median_client_metrics`).
 
 "variance" is ``mean_i ||g_i - g_bar||^2`` (the same quantity as the ratio's numerator). All sums
 are computed in float64 so that the conditions do not flip on rounding.
@@ -12,7 +14,11 @@ are computed in float64 so that the conditions do not flip on rounding.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +28,7 @@ __all__ = [
     "round_statistics",
     "kappa",
     "krum_condition",
+    "median_client_metrics",
     "median_condition",
     "variance_norm_ratio",
 ]
@@ -129,3 +136,53 @@ def byzantine_influence(participation: Tensor, byzantine: Tensor) -> float:
         )
     mask = byzantine.to(device=participation.device, dtype=torch.bool)
     return float(participation.to(torch.float64)[mask].sum())
+
+
+def _finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite int/float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def median_client_metrics(
+    rows: Iterable[Mapping[str, Any]], exclude: Collection[str] = ()
+) -> dict[str, float | list[float]]:
+    """Per key, the median of the clients' reported values, never weighted by their counts.
+
+    Clients report metrics (accuracy, loss, ``num-examples``) about themselves; a weighted or
+    plain mean lets one client set the result (1e12 examples and accuracy 0 -> 6e-11). The
+    median is unweighted and moves only within the honest values while fewer than half the
+    reporters lie. Non-numeric, boolean and non-finite values are dropped; lists are reduced
+    coordinate-wise over the clients sending the most common length (all entries finite).
+    Keys in ``exclude`` (e.g. the weighting key) are left out. Computed in float64.
+    """
+    scalars: dict[str, list[float]] = {}
+    lists: dict[str, list[list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key in exclude:
+                continue
+            if isinstance(value, list | tuple):
+                numbers = [_finite_number(v) for v in value]
+                if numbers and all(v is not None for v in numbers):
+                    lists.setdefault(key, []).append(numbers)  # type: ignore[arg-type]
+                continue
+            number = _finite_number(value)
+            if number is not None:
+                scalars.setdefault(key, []).append(number)
+    out: dict[str, float | list[float]] = {
+        key: float(np.median(np.asarray(values, dtype=np.float64)))
+        for key, values in scalars.items()
+    }
+    for key, vectors in lists.items():
+        if key in out:  # a key sent as a scalar by some and a list by others: keep the scalars
+            continue
+        length, _ = Counter(len(v) for v in vectors).most_common(1)[0]
+        same = np.asarray([v for v in vectors if len(v) == length], dtype=np.float64)
+        out[key] = [float(x) for x in np.median(same, axis=0)]
+    return dict(sorted(out.items()))

@@ -4,13 +4,17 @@ One round: submissions (node id + named numpy arrays, or the reason they are unu
 against the global model's layout (keys, shapes, dtypes, finite values); bad ones are excluded and
 reported; the accepted ones become one ``(n', d)`` tensor on the device (gradients, or deltas
 ``reply - global`` in weights mode); the GAR (``flwr_byz.gars``) runs with ``f' = max(0, f - k)``
-for ``k`` excluded; the server step (:mod:`.server_update`) gives the next model. Round metrics
-follow docs/ARCHITECTURE.md section 4 and ALGORITHMS.md ("Momentum and metrics").
+where ``k`` counts only the replies whose *content* broke the protocol (wrong keys, shapes or
+dtypes, undecodable or non-finite values: proof that the sender is faulty). A missing node or an
+error reply may be an honest crash: it lowers ``n``, never ``f``. When fewer usable replies remain
+than the rule needs for ``f'``, the model is kept (or :class:`TooFewRepliesError`). The server
+step (:mod:`.server_update`) gives the next model. Round metrics follow docs/ARCHITECTURE.md
+section 4 and ALGORITHMS.md ("Momentum and metrics"); the clients' own metrics are their
+unweighted per-key median.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,13 +75,16 @@ class Submission:
     """One node's reply, reduced to what the engine needs.
 
     ``arrays`` is None when the reply carried no usable arrays; ``problem`` then (or whenever set)
-    says why, and the submission is excluded.
+    says why, and the submission is excluded. ``crashed``: the reply is an error reply (or a
+    failure) rather than content: its sender may be an honest node that crashed, so excluding it
+    lowers ``n`` but never the declared ``f``; any other problem proves the sender faulty.
     """
 
     node_id: int
     arrays: Mapping[str, Any] | None
     problem: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    crashed: bool = False
 
 
 @dataclass
@@ -92,15 +99,40 @@ class RoundReport:
     selected_node_ids: list[int] | None = None
     participation: dict[int, float] = field(default_factory=dict)
     dropouts: int = 0
+    faulty_node_ids: list[int] = field(default_factory=list)
+    dropped: list[tuple[int, str]] = field(default_factory=list)
     kept_model: bool = False
     reason_kept: str | None = None
     learning_rate: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def excluded_node_ids(self) -> list[int]:
+        """Ids of the excluded nodes (missing, error replies, faulty content), in report order."""
+        return [node for node, _ in self.excluded]
+
+    @property
     def excluded_reasons(self) -> dict[int, str]:
-        """Excluded node id -> reason (last one wins if a node replied twice)."""
+        """Excluded node id -> reason (the API layers pass at most one reply per node)."""
         return dict(self.excluded)
+
+    def details(self) -> dict[str, Any]:
+        """Who was excluded or dropped and why, JSON-ready (e.g. for ``rounds.jsonl``).
+
+        A ``MetricRecord`` holds numbers only, so the reasons travel here, not in the metrics.
+        """
+        out: dict[str, Any] = {
+            "excluded-nodes": [node for node, _ in self.excluded],
+            "excluded-reasons": [reason for _, reason in self.excluded],
+            "faulty-nodes": list(self.faulty_node_ids),
+            "effective-f": self.num_byzantine,
+        }
+        if self.dropped:
+            out["dropped-from"] = [node for node, _ in self.dropped]
+            out["dropped-reasons"] = [reason for _, reason in self.dropped]
+        if self.reason_kept is not None:
+            out["kept-reason"] = self.reason_kept
+        return out
 
 
 class RobustAggregator:
@@ -143,6 +175,8 @@ class RobustAggregator:
         self.optimizer = ServerOptimizer(self.update)
         self.on_too_few = on_too_few
         self.honest_node_ids = honest_node_ids
+        #: client metric keys left out of the round metrics (the self-reported example count)
+        self.client_metrics_exclude: frozenset[str] = frozenset({"num-examples"})
         self.last_round_report: RoundReport | None = None
         self._global: dict[str, np.ndarray] | None = None
         self._layout: ModelLayout | None = None
@@ -201,11 +235,15 @@ class RobustAggregator:
         server_round: int,
         submissions: Sequence[Submission],
         missing_node_ids: Collection[int] = (),
+        dropped: Sequence[tuple[int, str]] = (),
     ) -> tuple[dict[str, np.ndarray], RoundReport]:
         """Run one round; return the next global arrays and the round's report.
 
-        ``missing_node_ids``: nodes asked to train that did not reply (dropouts): excluded like bad
-        replies (they count in ``f' = max(0, f - k)``) and counted in the ``dropouts`` metric.
+        ``missing_node_ids``: nodes asked to train that did not reply (dropouts): excluded and
+        counted in the ``dropouts`` metric, but ``f`` stays (an honest node may have crashed).
+        Only submissions whose content breaks the protocol lower ``f`` (by one each).
+        ``dropped``: ``(sender id, reason)`` of replies the API layer refused before they got
+        here (duplicates, replies to no message sent): reported, never aggregated.
         The arrays are the unchanged global model when too few replies are usable
         (``on_too_few="keep"``).
         """
@@ -222,6 +260,7 @@ class RobustAggregator:
             excluded=[],
             num_byzantine=self.num_byzantine,
             dropouts=len(missing_node_ids),
+            dropped=list(dropped),
         )
         report.excluded.extend(
             (node, "no reply (dropped out or timed out)") for node in missing_node_ids
@@ -239,6 +278,8 @@ class RobustAggregator:
                 candidates.append(sub)
             else:
                 report.excluded.append((sub.node_id, problem))
+                if not sub.crashed:  # the content itself breaks the protocol
+                    report.faulty_node_ids.append(sub.node_id)
 
         # 2. one tensor on the device; vectors = gradients, or deltas in weights mode
         rows = layout.stack(
@@ -263,15 +304,19 @@ class RobustAggregator:
                             f"non-finite {what}: {int(bad_counts[i])} of {layout.dim} coordinates",
                         )
                     )
+                    report.faulty_node_ids.append(sub.node_id)
             candidates = kept
             vectors = vectors[finite_cpu.to(vectors.device)]
         for node_id, reason in report.excluded:
             log(WARNING, "round %d: excluded reply from node %s: %s", server_round, node_id, reason)
+        for node_id, reason in report.dropped:
+            log(WARNING, "round %d: dropped reply from node %s: %s", server_round, node_id, reason)
 
         accepted = [sub.node_id for sub in candidates]
         report.accepted_node_ids = accepted
         n = len(accepted)
-        f = max(0, self.num_byzantine - len(report.excluded))
+        # only proven faults lower f: a missing node or an error reply may be an honest crash
+        f = max(0, self.num_byzantine - len(report.faulty_node_ids))
         report.num_byzantine = f
         report.learning_rate = self.learning_rate_at(server_round)
 
@@ -283,7 +328,8 @@ class RobustAggregator:
             report.reason_kept = (
                 f"{self.rule.name} needs n >= {needed} usable replies for f={f}, got n={n} "
                 f"({len(report.excluded)} excluded or missing of "
-                f"{len(submissions) + report.dropouts})"
+                f"{len(submissions) + report.dropouts}; declared f={self.num_byzantine}, "
+                f"{len(report.faulty_node_ids)} proven faulty)"
             )
         else:
             start = time.perf_counter()
@@ -349,7 +395,11 @@ class RobustAggregator:
         out: dict[str, Any] = {
             "replies": report.replies,
             "excluded": len(report.excluded),
+            "excluded-nodes": report.excluded_node_ids,
             "dropouts": report.dropouts,
+            "faulty": len(report.faulty_node_ids),
+            "effective-f": report.num_byzantine,
+            "dropped-replies": len(report.dropped),
             "agg-seconds": agg_seconds,
             "kept-model": 1.0 if report.kept_model else 0.0,
         }
@@ -366,16 +416,12 @@ class RobustAggregator:
                 out["byzantine-influence"] = round_metrics.byzantine_influence(
                     aggregation.participation.detach().to("cpu"), ~mask
                 )
-            loss_from = [sub for sub in accepted if sub.node_id in honest]
+            reporters = [sub for sub in accepted if sub.node_id in honest]
         else:
-            loss_from = list(accepted)
-        losses = [
-            float(sub.metrics["train-loss"])
-            for sub in loss_from
-            if isinstance(sub.metrics.get("train-loss"), int | float)
-            and not isinstance(sub.metrics.get("train-loss"), bool)
-            and math.isfinite(float(sub.metrics["train-loss"]))
-        ]
-        if losses:
-            out["train-loss"] = sum(losses) / len(losses)
+            reporters = list(accepted)
+        # the clients' own metrics: unweighted median per key (no client controls it); ours win
+        client = round_metrics.median_client_metrics(
+            (sub.metrics for sub in reporters), exclude=self.client_metrics_exclude
+        )
+        out.update({key: value for key, value in client.items() if key not in out})
         return out

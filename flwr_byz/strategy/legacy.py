@@ -5,16 +5,23 @@ them); ``aggregate_fit`` runs the same Flower-free :class:`~flwr_byz.strategy.co
 as the Message-API classes. Parameters have no names: array ``i`` is keyed ``str(i)``. Node ids come
 from ``ClientProxy.node_id`` (or ``int(cid)``). ``selected-nodes`` is a list of ints, as in the
 Message API, although legacy metrics are nominally scalars.
+
+As in the Message API, only a result whose content breaks the protocol lowers ``f``; a failure or
+a non-OK status may be an honest crash (it lowers ``n``). Results are matched to the clients
+sampled by ``configure_fit``: a second result of one client, or one of a client not sampled, is
+dropped and reported. Client metrics (fit and evaluate, loss included) are unweighted per-key
+medians unless ``fit_metrics_aggregation_fn`` / ``evaluate_metrics_aggregation_fn`` is given.
 """
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.common import (
     Code,
+    EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
@@ -27,6 +34,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from flwr_byz.metrics import median_client_metrics
 from flwr_byz.strategy import rules
 from flwr_byz.strategy.core import Submission
 from flwr_byz.strategy.rules import RobustBase
@@ -78,6 +86,7 @@ class RobustFedAvg(RobustBase, FedAvg):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._global_parameters: Parameters | None = None
+        self._sampled: list[int] = []
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -89,6 +98,7 @@ class RobustFedAvg(RobustBase, FedAvg):
         self.aggregator.set_global(decoded)
         self._global_parameters = parameters
         instructions = super().configure_fit(server_round, parameters, client_manager)
+        self._sampled = [_node_id(proxy) for proxy, _ in instructions]
         if self.aggregator.update.update_mode == "gradient":
             rate = self.aggregator.learning_rate_at(server_round)
             for _, fit_ins in instructions:
@@ -101,32 +111,89 @@ class RobustFedAvg(RobustBase, FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Check, aggregate robustly and step; failures are counted as excluded replies."""
+        """Check, aggregate robustly and step; failures are excluded (they never lower ``f``)."""
+        sampled = set(self._sampled)
+        seen: set[int] = set()
+        dropped: list[tuple[int, str]] = []
         submissions: list[Submission] = []
+        examples: dict[int, tuple[int, dict[str, Scalar]]] = {}
+
+        def admit(node_id: int) -> bool:
+            """Whether this is the first result of a client sampled this round."""
+            if sampled and node_id not in sampled:
+                dropped.append((node_id, "result of a client not sampled this round"))
+                return False
+            if node_id in seen:
+                dropped.append((node_id, "second result of this client this round"))
+                return False
+            seen.add(node_id)
+            return True
+
         for proxy, fit_res in results:
             node_id = _node_id(proxy)
+            if not admit(node_id):
+                continue
             metrics = dict(fit_res.metrics or {})
             if fit_res.status.code != Code.OK:
                 problem = f"status {fit_res.status.code.name}: {fit_res.status.message}"
-                submissions.append(Submission(node_id, None, problem, metrics))
+                submissions.append(Submission(node_id, None, problem, metrics, crashed=True))
                 continue
             arrays, problem = _decode(fit_res.parameters)
             submissions.append(Submission(node_id, arrays, problem, metrics))
+            examples[node_id] = (fit_res.num_examples, metrics)
+        exceptions: list[str] = []
         for failure in failures:
             if isinstance(failure, BaseException):
-                problem = f"failure: {type(failure).__name__}: {failure}"
-                submissions.append(Submission(-1, None, problem))
-            else:
-                proxy, fit_res = failure
+                exceptions.append(f"{type(failure).__name__}: {failure}")
+                continue
+            proxy, fit_res = failure
+            if admit(_node_id(proxy)):
                 problem = f"failure: status {fit_res.status.code.name}: {fit_res.status.message}"
-                submissions.append(Submission(_node_id(proxy), None, problem))
-        new_arrays, report = self.aggregator.aggregate(server_round, submissions)
+                submissions.append(Submission(_node_id(proxy), None, problem, crashed=True))
+        # a bare exception names no client: it explains one of the sampled clients without result
+        missing = [node for node in self._sampled if node not in seen]
+        if exceptions and not missing:
+            for text in exceptions:  # configure_fit was not called here: no sampled list
+                submissions.append(Submission(-1, None, f"failure: {text}", crashed=True))
+        elif exceptions:
+            log(WARNING, "round %d: fit failures: %s", server_round, "; ".join(exceptions))
+        new_arrays, report = self.aggregator.aggregate(server_round, submissions, missing, dropped)
         if report.kept_model and self._global_parameters is not None:
             parameters = self._global_parameters
         else:
             parameters = ndarrays_to_parameters(list(new_arrays.values()))
-        log(INFO, "aggregate_fit round %d: %s", server_round, report.metrics)
-        return parameters, dict(report.metrics)
+        metrics: dict[str, Any] = dict(report.metrics)
+        if self.fit_metrics_aggregation_fn:
+            accepted = [examples[node] for node in report.accepted_node_ids if node in examples]
+            user = self.fit_metrics_aggregation_fn(accepted) if accepted else {}
+            metrics.update({key: value for key, value in user.items() if key not in metrics})
+        log(INFO, "aggregate_fit round %d: %s", server_round, metrics)
+        return parameters, metrics
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Unweighted medians of the clients' losses and metrics; never raises on a bad result.
+
+        The legacy FedAvg weights by the clients' own ``num_examples`` (one client claiming 1e12
+        sets the loss; counts summing to zero raise ``ZeroDivisionError``). A user's
+        ``evaluate_metrics_aggregation_fn`` is honoured for the metrics.
+        """
+        usable = [(proxy, res) for proxy, res in results if res.status.code == Code.OK]
+        if not usable or (failures and not self.accept_failures):  # as the legacy FedAvg
+            return None, {}
+        losses = median_client_metrics({"loss": res.loss} for _, res in usable)
+        loss = losses.get("loss")
+        if self.evaluate_metrics_aggregation_fn:
+            metrics = self.evaluate_metrics_aggregation_fn(
+                [(res.num_examples, res.metrics) for _, res in usable]
+            )
+        else:
+            metrics = dict(median_client_metrics(dict(res.metrics or {}) for _, res in usable))
+        return (float(loss) if isinstance(loss, float) else None), metrics
 
 
 class Average(rules.Average, RobustFedAvg):

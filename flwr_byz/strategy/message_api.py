@@ -4,6 +4,14 @@
 replaces its weighted average by a Byzantine-resilient rule of ``flwr_byz.gars``, run by the
 Flower-free :class:`~flwr_byz.strategy.core.RobustAggregator`. Replies are never weighted by
 ``num-examples``; bad replies are excluded and reported, never fatal.
+
+Replies are matched to the messages sent, not to sender ids: the grid sets each sent message's
+``metadata.message_id`` when it pushes it (in place, on the very objects ``configure_train``
+returned), and a reply names it in ``reply_to_message_id``. So the SuperLink's
+``NODE_UNAVAILABLE`` error for a dead node (sender: the SuperLink, node id 1) counts for the node it
+was sent to, and a second reply to one message, or a reply to no message of the round, is dropped
+and reported. A message that was never pushed as such (a wrapper grid sent a copy, so its id
+stayed empty) is matched by node id instead, one reply at most.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from flwr.common.constant import SType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from numpy.lib import format as npy_format
 
+from flwr_byz.metrics import median_client_metrics
 from flwr_byz.strategy import rules
 from flwr_byz.strategy.core import Submission
 from flwr_byz.strategy.rules import RobustBase
@@ -175,7 +185,9 @@ class RobustStrategy(RobustBase, FedAvg):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._global_record: ArrayRecord | None = None
-        self._expected_nodes: list[int] = []
+        self._sent: list[Message] = []
+        self._sent_evaluate: list[Message] = []
+        self.aggregator.client_metrics_exclude = frozenset({self.weighted_by_key})
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -211,14 +223,51 @@ class RobustStrategy(RobustBase, FedAvg):
         if self.update_mode == "gradient":
             config["learning-rate"] = self.aggregator.learning_rate_at(server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._expected_nodes = [message.metadata.dst_node_id for message in messages]
+        # the grid sets each message's id in place when it pushes it; replies are matched to them
+        self._sent = messages
         return messages
 
-    def _submission(self, message: Message) -> Submission:
-        node_id = int(message.metadata.src_node_id)
+    @staticmethod
+    def _match_replies(
+        sent_messages: list[Message], replies: Iterable[Message]
+    ) -> tuple[list[tuple[int, Message]], list[int], list[tuple[int, str]]]:
+        """Pair each reply with the message of ``sent_messages`` it answers.
+
+        Returns ``(node id asked, reply)`` pairs (one per message at most), the node ids of the
+        messages left unanswered, and ``(sender id, reason)`` of the replies dropped.
+        """
+        by_id = {m.metadata.message_id: m for m in sent_messages if m.metadata.message_id}
+        unpushed: dict[int, Message] = {}  # a wrapper grid sent a copy: match by node id
+        for m in sent_messages:
+            if not m.metadata.message_id:
+                unpushed.setdefault(int(m.metadata.dst_node_id), m)
+        answered: set[int] = set()  # id() of the sent messages answered
+        matched: list[tuple[int, Message]] = []
+        dropped: list[tuple[int, str]] = []
+        for reply in replies:
+            sender = int(reply.metadata.src_node_id)
+            reply_to = reply.metadata.reply_to_message_id
+            sent = by_id.get(reply_to) if reply_to else None
+            if sent is None:
+                sent = unpushed.get(sender)
+            if sent is None:
+                dropped.append((sender, f"reply to no message sent this round ({reply_to!r})"))
+            elif id(sent) in answered:
+                node = int(sent.metadata.dst_node_id)
+                dropped.append((sender, f"second reply to the message sent to node {node}"))
+            else:
+                answered.add(id(sent))
+                matched.append((int(sent.metadata.dst_node_id), reply))
+        missing = [int(m.metadata.dst_node_id) for m in sent_messages if id(m) not in answered]
+        return matched, missing, dropped
+
+    def _submission(self, node_id: int, message: Message) -> Submission:
+        """What the engine needs of the reply to the message sent to ``node_id``."""
         if message.has_error():
             error = message.error
-            return Submission(node_id, None, f"error reply (code {error.code}): {error.reason}")
+            return Submission(
+                node_id, None, f"error reply (code {error.code}): {error.reason}", crashed=True
+            )
         if not message.has_content():
             return Submission(node_id, None, "reply has no content")
         content = message.content
@@ -233,54 +282,85 @@ class RobustStrategy(RobustBase, FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check the replies, aggregate robustly, step the model; never weighted by examples."""
-        submissions = [self._submission(message) for message in replies]
-        answered = {sub.node_id for sub in submissions}
-        missing = [node for node in self._expected_nodes if node not in answered]
-        new_arrays, report = self.aggregator.aggregate(server_round, submissions, missing)
+        """Check the replies, aggregate robustly, step the model; never weighted by examples.
+
+        Replies are matched to this round's messages (module docstring); a user's
+        ``train_metrics_aggr_fn`` is applied to the accepted replies (round metrics win).
+        """
+        replies = list(replies)
+        matched, missing, dropped = self._match_replies(self._sent, replies)
+        submissions = [self._submission(node, message) for node, message in matched]
+        new_arrays, report = self.aggregator.aggregate(server_round, submissions, missing, dropped)
         if report.kept_model and self._global_record is not None:
             record = self._global_record
         else:
             record = ArrayRecord()
             for key, value in new_arrays.items():
                 record[key] = numpy_to_array(value)
-        return record, MetricRecord(report.metrics)
+        metrics = MetricRecord(report.metrics)
+        if self.train_metrics_aggr_fn is not aggregate_metricrecords:
+            accepted = set(report.accepted_node_ids)
+            contents = [message.content for node, message in matched if node in accepted]
+            if contents:
+                user = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+                for key, value in (user or {}).items():
+                    if key not in metrics:
+                        metrics[key] = value
+        return record, metrics
 
     # -------------------------------------------------------------- evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample and send like FedAvg; remember the messages to match the replies to."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent_evaluate = messages
+        return messages
+
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Average the evaluation metrics of the usable replies; a malformed reply is skipped.
+        """Per key, the unweighted median of the usable replies' metrics; never raises on one.
 
-        Weighted by ``weighted_by_key`` when every usable reply has it (it is a reporting
-        average, not the model), else unweighted. Never raises on a bad reply.
+        The clients report their own metrics and example counts, so no weighting by
+        ``weighted_by_key`` (one client claiming 1e12 examples would set the result) and no
+        mean; non-finite and non-numeric values are dropped. A user's
+        ``evaluate_metrics_aggr_fn`` is honoured, on the usable replies.
         """
-        rows: list[dict[str, float]] = []
-        for message in replies:
+        if self._sent_evaluate:
+            matched, _, dropped = self._match_replies(self._sent_evaluate, replies)
+        else:  # configure_evaluate did not run here: at most one reply per sender
+            matched, dropped, seen = [], [], set()
+            for reply in replies:
+                sender = int(reply.metadata.src_node_id)
+                if sender in seen:
+                    dropped.append((sender, "second reply of this node"))
+                else:
+                    seen.add(sender)
+                    matched.append((sender, reply))
+        for sender, reason in dropped:
+            log(
+                WARNING,
+                "round %d: dropped evaluation reply of node %s: %s",
+                server_round,
+                sender,
+                reason,
+            )
+        usable: list[Message] = []
+        for node, message in matched:
             if message.has_error() or not message.has_content():
-                node = message.metadata.src_node_id
                 log(WARNING, "round %d: evaluation reply of node %s unusable", server_round, node)
                 continue
-            values = {
-                key: float(value)
-                for key, value in _reply_metrics(message).items()
-                if isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(float(value))
-            }
-            if values:
-                rows.append(values)
-        if not rows:
+            usable.append(message)
+        if not usable:
             return None
-        weighted = all(row.get(self.weighted_by_key, -1.0) > 0 for row in rows)
-        weights = [row[self.weighted_by_key] if weighted else 1.0 for row in rows]
-        keys = sorted({key for row in rows for key in row} - {self.weighted_by_key})
-        result = MetricRecord()
-        for key in keys:
-            pairs = [(row[key], w) for row, w in zip(rows, weights, strict=True) if key in row]
-            total = sum(w for _, w in pairs)
-            result[key] = sum(v * w for v, w in pairs) / total
-        return result
+        if self.evaluate_metrics_aggr_fn is not aggregate_metricrecords:
+            contents = [message.content for message in usable]
+            return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+        values = median_client_metrics(
+            (_reply_metrics(message) for message in usable), exclude={self.weighted_by_key}
+        )
+        return MetricRecord(values) if values else None
 
 
 class Average(rules.Average, RobustStrategy):
