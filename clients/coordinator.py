@@ -11,6 +11,15 @@ then ``header["nbytes"]`` raw little-endian float32 bytes. Waits are bounded: a 
 see the expected count within its timeout gets an error naming the round and the counts, and an
 unreachable address fails at connect time.
 
+What it holds is bounded: a frame's payload is at most ``max_payload`` bytes (and, once a run
+has published, exactly that run's vector size), idle connections are closed after
+``idle_timeout`` s, at most ``max_connections`` are served at once (others get an error reply),
+fetch timeouts must be finite and positive (capped at ``MAX_FETCH_TIMEOUT``), a run's vectors are
+freed by an ``end`` request or ``run_expiry`` s after its last request, and malformed frames get an
+error reply, never a traceback. With a shared ``token`` (``--token`` or ``$FLWR_BYZ_COORDINATOR_
+TOKEN``) only requests carrying it may publish or fetch; listening beyond loopback without one is
+refused unless explicitly allowed.
+
 Run it standalone with ``python -m clients.coordinator --address HOST:PORT`` or in a thread with
 ``start_coordinator("127.0.0.1:0")``.
 """
@@ -19,7 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
+import ipaddress
 import json
+import math
+import os
 import socket
 import socketserver
 import struct
@@ -38,6 +51,8 @@ __all__ = [
     "CoordinatorHandle",
     "CoordinatorTimeoutError",
     "KINDS",
+    "TOKEN_ENV",
+    "check_timeout",
     "main",
     "parse_address",
     "start_coordinator",
@@ -45,9 +60,17 @@ __all__ = [
 
 KINDS = ("honest", "colluder")
 _HEADER = struct.Struct(">I")
-MAX_HEADER_BYTES = 1 << 20
-MAX_PAYLOAD_BYTES = 1 << 33
+MAX_HEADER_BYTES = 1 << 16
+MAX_PAYLOAD_BYTES = 1 << 33  # what a client accepts in a reply (k vectors)
+DEFAULT_MAX_PAYLOAD = 1 << 28  # one published vector: 256 MiB = 64 M float32 values
+DEFAULT_IDLE_TIMEOUT = 120.0
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_RUN_EXPIRY = 3600.0
+MAX_FETCH_TIMEOUT = 86400.0
+MAX_EXPECTED = 1 << 20
+LISTEN_BACKLOG = 512
 KEEP_ROUNDS = 2  # rounds kept per run (older ones are dropped to bound memory)
+TOKEN_ENV = "FLWR_BYZ_COORDINATOR_TOKEN"
 
 
 class CoordinatorError(RuntimeError):
@@ -83,36 +106,113 @@ def _send_frame(sock: socket.socket, header: dict[str, Any], payload: bytes = b"
     sock.sendall(_HEADER.pack(len(encoded)) + encoded + payload)
 
 
-def _recv_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
+def _recv_header(sock: socket.socket) -> dict[str, Any]:
     (length,) = _HEADER.unpack(_read_exact(sock, _HEADER.size))
     if length > MAX_HEADER_BYTES:
         raise ValueError(f"frame header of {length} bytes exceeds {MAX_HEADER_BYTES}")
-    header = json.loads(_read_exact(sock, length).decode())
+    try:
+        header = json.loads(_read_exact(sock, length).decode())
+    except RecursionError:
+        raise ValueError("frame header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError("frame header must be a JSON object")
-    nbytes = int(header.get("nbytes", 0))
-    if not 0 <= nbytes <= MAX_PAYLOAD_BYTES:
-        raise ValueError(f"frame payload of {nbytes} bytes is out of bounds")
-    return header, _read_exact(sock, nbytes)
+    return header
+
+
+def _nbytes(header: dict[str, Any], limit: int) -> int:
+    nbytes = header.get("nbytes", 0)
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= limit:
+        raise ValueError(f"frame payload of {nbytes!r} bytes is out of bounds (0..{limit})")
+    return nbytes
+
+
+def _recv_frame(
+    sock: socket.socket, limit: int = MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], bytes]:
+    header = _recv_header(sock)
+    return header, _read_exact(sock, _nbytes(header, limit))
+
+
+def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
+    """``header[key]`` as an int in ``[low, high]`` (a clear ValueError otherwise)."""
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_timeout(value: Any, name: str = "timeout", high: float = MAX_FETCH_TIMEOUT) -> float:
+    """A finite, positive number of seconds (at most ``high``), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or not 0 < seconds <= high:
+        raise ValueError(f"{name} must be finite and in (0, {high:g}] seconds, got {value!r}")
+    return seconds
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on the local machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Store:
-    """Thread-safe vectors keyed by (run, round, kind) -> {partition id: float32 bytes}."""
+    """Thread-safe vectors keyed by (run, round, kind) -> {partition id: float32 bytes}.
 
-    def __init__(self) -> None:
+    A run's vectors are freed by :meth:`end` or ``run_expiry`` s after its last request."""
+
+    def __init__(self, run_expiry: float = DEFAULT_RUN_EXPIRY) -> None:
         self._vectors: dict[tuple[str, int, str], dict[int, bytes]] = {}
+        self._sizes: dict[str, int] = {}  # run -> bytes of one vector
+        self._seen: dict[str, float] = {}  # run -> last request (monotonic)
         self._changed = threading.Condition()
         self._stopping = False
+        self.run_expiry = float(run_expiry)
+
+    def _touch(self, run: str) -> None:
+        now = time.monotonic()
+        self._seen[run] = now
+        for other in [r for r, seen in self._seen.items() if now - seen > self.run_expiry]:
+            self._drop(other)
+
+    def _drop(self, run: str) -> None:
+        for key in [key for key in self._vectors if key[0] == run]:
+            del self._vectors[key]
+        self._sizes.pop(run, None)
+        self._seen.pop(run, None)
+
+    def vector_bytes(self, run: str) -> int | None:
+        """The size of the vectors already published for ``run`` (None when none yet)."""
+        with self._changed:
+            return self._sizes.get(run)
+
+    def runs(self) -> list[str]:
+        """The runs whose vectors are held."""
+        with self._changed:
+            return sorted(self._seen)
+
+    def end(self, run: str) -> None:
+        """Free everything held for ``run``."""
+        with self._changed:
+            self._drop(run)
+            self._changed.notify_all()
 
     def publish(self, run: str, rnd: int, kind: str, partition: int, payload: bytes) -> None:
         with self._changed:
-            slot = self._vectors.setdefault((run, rnd, kind), {})
-            sizes = {len(value) for value in slot.values()}
-            if sizes and len(payload) not in sizes:
+            self._touch(run)
+            size = self._sizes.get(run)
+            if size is not None and len(payload) != size:
                 raise ValueError(
                     f"vector of {len(payload) // 4} values does not match the "
-                    f"{sizes.pop() // 4} already published for run {run}, round {rnd}"
+                    f"{size // 4} already published for run {run}, round {rnd}"
                 )
+            self._sizes[run] = len(payload)
+            slot = self._vectors.setdefault((run, rnd, kind), {})
             slot[partition] = payload
             stale = [key for key in self._vectors if key[0] == run and key[1] <= rnd - KEEP_ROUNDS]
             for key in stale:
@@ -122,8 +222,10 @@ class _Store:
     def fetch(
         self, run: str, rnd: int, kind: str, expected: int, timeout: float
     ) -> tuple[list[int], bytes]:
+        timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         with self._changed:
+            self._touch(run)
             while True:
                 slot = self._vectors.get((run, rnd, kind), {})
                 if len(slot) >= expected:
@@ -137,6 +239,7 @@ class _Store:
                         f"(partitions {sorted(slot)})"
                     )
                 self._changed.wait(left)
+                self._seen[run] = time.monotonic()
 
     def stop(self) -> None:
         with self._changed:
@@ -145,25 +248,36 @@ class _Store:
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
     def handle(self) -> None:
-        store: _Store = self.server.store  # type: ignore[attr-defined]
-        sock: socket.socket = self.request
+        server, sock = self.server, self.request
+        sock.settimeout(server.idle_timeout)  # an idle or stalled connection is closed
         while True:
             try:
-                header, payload = _recv_frame(sock)
+                header = _recv_header(sock)
+                payload = _read_exact(sock, _nbytes(header, server.payload_limit(header)))
             except (ConnectionError, OSError):
                 return
-            except ValueError as error:
-                _send_frame(sock, {"ok": False, "error": f"bad frame: {error}"})
+            except Exception as error:  # malformed frame: an error reply, never a traceback
+                self._reply({"ok": False, "error": f"bad frame: {error}"})
+                return
+            if not server.authorised(header):
+                self._reply({"ok": False, "error": "missing or wrong coordinator token"})
                 return
             try:
-                reply, body = self._dispatch(store, header, payload)
-            except (CoordinatorError, ValueError, KeyError, TypeError) as error:
+                reply, body = self._dispatch(server.store, header, payload)
+            except (CoordinatorError, ValueError, KeyError, TypeError, OverflowError) as error:
                 reply, body = {"ok": False, "error": str(error)}, b""
-            try:
-                _send_frame(sock, reply, body)
-            except OSError:
+            if not self._reply(reply, body):
                 return
+
+    def _reply(self, header: dict[str, Any], body: bytes = b"") -> bool:
+        try:
+            _send_frame(self.request, header, body)
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def _dispatch(
@@ -172,30 +286,98 @@ class _Handler(socketserver.BaseRequestHandler):
         op = header.get("op")
         if op == "ping":
             return {"ok": True}, b""
-        kind = str(header["kind"])
+        if op == "end":
+            store.end(str(header.get("run")))
+            return {"ok": True}, b""
+        if op not in ("publish", "fetch"):
+            raise ValueError(f"unknown op {op!r}; expected ping, publish, fetch or end")
+        kind = header.get("kind")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        run, rnd = str(header["run"]), int(header["round"])
+        run, rnd = str(header.get("run")), _int(header, "round", 0, 1 << 62)
         if op == "publish":
             if len(payload) % 4:
                 raise ValueError("payload must hold float32 values (a multiple of 4 bytes)")
-            store.publish(run, rnd, kind, int(header["partition"]), payload)
+            store.publish(run, rnd, kind, _int(header, "partition", 0, 1 << 31), payload)
             return {"ok": True}, b""
-        if op == "fetch":
-            partitions, body = store.fetch(
-                run, rnd, kind, int(header["expected"]), float(header["timeout"])
-            )
-            return {"ok": True, "partitions": partitions}, body
-        raise ValueError(f"unknown op {op!r}; expected ping, publish or fetch")
+        expected = _int(header, "expected", 0, MAX_EXPECTED)
+        timeout = check_timeout(header.get("timeout"))
+        partitions, body = store.fetch(run, rnd, kind, expected, timeout)
+        return {"ok": True, "partitions": partitions}, body
 
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        token: str | None = None,
+        allow_no_token: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        run_expiry: float = DEFAULT_RUN_EXPIRY,
+    ) -> None:
+        if not token and not allow_no_token and not is_loopback(address[0]):
+            raise ValueError(
+                f"refusing to listen on {address[0]!r} (beyond loopback) without a token: pass "
+                f"--token / ${TOKEN_ENV} (the run's nodes need the same), or allow it explicitly "
+                "(--allow-no-token)"
+            )
+        self.token = token or None
+        self.max_payload = int(max_payload)
+        self.idle_timeout = check_timeout(idle_timeout, "idle timeout")
+        if int(max_connections) < 1 or self.max_payload < 4:
+            raise ValueError("max_connections must be >= 1 and max_payload >= 4 bytes")
+        self._slots = threading.BoundedSemaphore(int(max_connections))
+        self.store = _Store(check_timeout(run_expiry, "run expiry", high=math.inf))
         super().__init__(address, _Handler)
-        self.store = _Store()
+
+    def payload_limit(self, header: dict[str, Any]) -> int:
+        """The largest payload ``header`` may carry: the run's vector size once known."""
+        if header.get("op") != "publish":
+            return 0
+        run = str(header.get("run"))
+        known = self.store.vector_bytes(run)
+        if known is None:
+            return self.max_payload
+        claimed = header.get("nbytes")
+        if isinstance(claimed, int) and claimed != known:
+            raise ValueError(
+                f"vector of {claimed // 4} values does not match the {known // 4} already "
+                f"published for run {run}"
+            )
+        return known
+
+    def authorised(self, header: dict[str, Any]) -> bool:
+        if self.token is None or header.get("op") == "ping":
+            return True
+        given = header.get("token")
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # connection cap: refuse, do not queue
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                _send_frame(
+                    request, {"ok": False, "error": "coordinator busy: too many connections"}
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 @dataclass
@@ -220,10 +402,15 @@ class CoordinatorHandle:
         self.stop()
 
 
-def start_coordinator(address: str = "127.0.0.1:0") -> CoordinatorHandle:
-    """Serve the coordinator in a daemon thread (port 0 picks a free one); returns its handle."""
+def start_coordinator(
+    address: str = "127.0.0.1:0", token: str | None = None, **limits: Any
+) -> CoordinatorHandle:
+    """Serve the coordinator in a daemon thread (port 0 picks a free one); returns its handle.
+
+    ``limits``: ``allow_no_token``, ``max_payload``, ``idle_timeout``, ``max_connections``,
+    ``run_expiry`` (see the module docstring)."""
     host, port = parse_address(address)
-    server = _Server((host, port))
+    server = _Server((host, port), token=token, **limits)
     bound_host, bound_port = server.server_address[:2]
     thread = threading.Thread(target=server.serve_forever, name="flwr-byz-coordinator", daemon=True)
     thread.start()
@@ -237,11 +424,18 @@ class CoordinatorClient:
     ``coordinator-timeout``); ``connect_timeout``: how long to try to reach the address.
     """
 
-    def __init__(self, address: str, timeout: float = 60.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        token: str | None = None,
+    ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
-        self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
+        self.timeout = check_timeout(timeout, "coordinator timeout")
+        self.connect_timeout = check_timeout(connect_timeout, "coordinator connect timeout")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
 
     def _request(
         self, header: dict[str, Any], payload: bytes = b"", wait: float = 0.0
@@ -255,6 +449,8 @@ class CoordinatorClient:
                 f"'python -m clients.coordinator --address {self.address}' or fix "
                 "the run config's coordinator-address"
             ) from None
+        if self.token is not None:
+            header = {**header, "token": self.token}
         with sock:
             sock.settimeout(wait + self.connect_timeout + 5.0)
             try:
@@ -274,6 +470,10 @@ class CoordinatorClient:
     def ping(self) -> None:
         """Raise ``CoordinatorError`` unless the coordinator answers."""
         self._request({"op": "ping"})
+
+    def end_run(self, run: int | str) -> None:
+        """Free everything the coordinator holds for ``run`` (call when the run ends)."""
+        self._request({"op": "end", "run": str(run)})
 
     def publish(self, run: int | str, rnd: int, kind: str, partition: int, vector: Tensor) -> None:
         """Store ``vector`` (sent as float32) for ``(run, rnd, kind)`` under ``partition``."""
@@ -308,9 +508,37 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m clients.coordinator --address HOST:PORT`` serves until interrupted."""
     parser = argparse.ArgumentParser(description="flwr-byz colluding coordinator")
     parser.add_argument("--address", default="127.0.0.1:7000", help="host:port to listen on")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV, ""),
+        help=f"shared token the run's nodes must send (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--allow-no-token",
+        action="store_true",
+        help="listen beyond loopback without a token (anyone reaching the port may push vectors)",
+    )
+    parser.add_argument(
+        "--max-frame-mb", type=float, default=DEFAULT_MAX_PAYLOAD / 2**20, help="largest vector"
+    )
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
+    parser.add_argument("--run-expiry", type=float, default=DEFAULT_RUN_EXPIRY)
     args = parser.parse_args(argv)
     host, port = parse_address(args.address)
-    with _Server((host, port)) as server:
+    try:
+        server = _Server(
+            (host, port),
+            token=args.token or None,
+            allow_no_token=args.allow_no_token,
+            max_payload=int(args.max_frame_mb * 2**20),
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            run_expiry=args.run_expiry,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    with server:
         bound = server.server_address
         print(f"flwr-byz coordinator listening on {bound[0]}:{bound[1]}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -7,7 +7,8 @@ Layout under ``<results-dir>/<run-name>/``:
 - ``result.json``: the run config, status (``running`` / ``finished``), completed rounds, final
   and best accuracy; once finished also every round's metrics. Written atomically every round.
 - ``checkpoint.pt``: model arrays, server optimizer state (momentum buffer), RNG states and the
-  round (torch.save, written atomically after every round).
+  round (a ``sha256`` header line, then torch.save bytes of tensors and plain values, loaded
+  with ``weights_only=True``; written atomically after every round).
 
 A run is *finished* when its record says so and covers at least the requested rounds with the
 same identity (the fields that define what is computed); a finished run is never redone.
@@ -15,14 +16,19 @@ same identity (the fields that define what is computed); a finished run is never
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from simulations.experiment import RunConfig
@@ -30,6 +36,7 @@ from simulations.experiment import RunConfig
 RESULT_FILE = "result.json"
 ROUNDS_FILE = "rounds.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_MAGIC = b"flwr-byz-checkpoint sha256="
 
 
 def _atomic_write_bytes(path: Path, write: Any) -> None:
@@ -200,63 +207,147 @@ class RunStore:
         _atomic_write_bytes(self.result_path, lambda fh: fh.write(data))
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        payload = {
-            "round": checkpoint.round,
-            "arrays": {k: v.detach().cpu() for k, v in checkpoint.arrays.items()},
-            "optimizer_state": checkpoint.optimizer_state,
-            "identity": checkpoint.identity,
-            "rng": checkpoint.rng,
-        }
-        _atomic_write_bytes(self.checkpoint_path, lambda fh: torch.save(payload, fh))
+        """Write ``checkpoint.pt`` atomically: a sha256 header line, then ``torch.save`` bytes of
+        tensors and plain values only (numpy arrays become tensors), loadable with
+        ``weights_only=True``."""
+        payload = _plain(
+            {
+                "round": checkpoint.round,
+                "arrays": {k: v.detach().cpu() for k, v in checkpoint.arrays.items()},
+                "optimizer_state": checkpoint.optimizer_state,
+                "identity": checkpoint.identity,
+                "rng": checkpoint.rng,
+            }
+        )
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        body = buffer.getvalue()
+        header = CHECKPOINT_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
+        _atomic_write_bytes(self.checkpoint_path, lambda fh: fh.write(header + body))
 
     def load_checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, or None when there is none."""
-        if not self.checkpoint_path.exists():
+        """The last checkpoint, or None when there is none; a damaged or foreign file gives a
+        ``ValueError`` naming it (never runs code from it: ``weights_only=True``)."""
+        path = self.checkpoint_path
+        if not path.exists():
             return None
-        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        return Checkpoint(
-            round=int(payload["round"]),
-            arrays=dict(payload["arrays"]),
-            optimizer_state=dict(payload["optimizer_state"]),
-            identity=dict(payload["identity"]),
-            rng=dict(payload.get("rng", {})),
-        )
+        data = path.read_bytes()
+        body = data
+        if data.startswith(CHECKPOINT_MAGIC):
+            line, sep, body = data.partition(b"\n")
+            digest = line[len(CHECKPOINT_MAGIC) :].decode("ascii", "replace")
+            if not sep or hashlib.sha256(body).hexdigest() != digest:
+                raise ValueError(
+                    f"{path}: damaged checkpoint (sha256 mismatch); delete it (and "
+                    f"{self.result_path.name}) to start the run over"
+                )
+        try:
+            payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+            return Checkpoint(
+                round=int(payload["round"]),
+                arrays=dict(payload["arrays"]),
+                optimizer_state=dict(payload["optimizer_state"]),
+                identity=dict(payload["identity"]),
+                rng=dict(payload.get("rng", {})),
+            )
+        except Exception as err:  # torch's unpickler raises many types for foreign files
+            raise ValueError(
+                f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err)[:300]}); only "
+                f"tensors and plain values are loaded. Delete it to start the run over"
+            ) from None
+
+
+class RunBusyError(RuntimeError):
+    """The run directory is locked by another live process."""
 
 
 class RunLock:
     """An exclusive lock on a run directory (``lock`` file holding the owner's pid), so that two
-    runners never write the same run; a lock left by a dead process is taken over."""
+    runners never write the same run; a lock left by a dead process is taken over.
+
+    The pid is written to a private temporary file that is then hard-linked as ``lock``: the link
+    fails when the lock exists, so exactly one process wins and the lock is never seen empty."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "lock"
+        self._token = f"{os.getpid()} {uuid.uuid4().hex}"
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise RuntimeError(
-                        f"{self.path.parent} is being run by process {owner}; wait for it, or "
-                        f"delete {self.path} if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lock.", suffix=".tmp")
+        try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return self
-        raise RuntimeError(f"could not lock {self.path}")
+                fh.write(self._token)
+            for _ in range(5):
+                try:
+                    os.link(tmp, self.path)
+                    return self
+                except FileExistsError:
+                    self._take_over_if_stale()
+            raise RunBusyError(f"could not lock {self.path}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _take_over_if_stale(self) -> None:
+        """Remove the lock when its owner is dead (atomically: rename it away, check it is the
+        one read, put it back otherwise); raise ``RunBusyError`` when a live process holds it."""
+        content = self._read(self.path)
+        owner = _pid(content)
+        if content is None:
+            return  # it went away meanwhile: try again
+        if owner is not None and _alive(owner):
+            raise RunBusyError(
+                f"{self.path.parent} is being run by process {owner}; wait for it, or "
+                f"delete {self.path} if that process is gone"
+            )
+        aside = self.path.with_name(f".lock.stale.{uuid.uuid4().hex}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if self._read(aside) != content:  # another process took it over meanwhile: give it back
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            raise RunBusyError(f"{self.path.parent} is being run by another process")
+        aside.unlink(missing_ok=True)
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        if self._read(self.path) == self._token:  # never remove another process's lock
+            self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> str | None:
+        try:
+            return path.read_text()
+        except OSError:
+            return None
 
     def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return _pid(self._read(self.path))
+
+
+def _pid(content: str | None) -> int | None:
+    try:
+        return int(str(content).split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """Only what ``torch.load(weights_only=True)`` accepts: tensors, numbers, str, None, and
+    dicts / lists / tuples of them (numpy arrays become tensors, numpy scalars Python numbers)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ At the end a summary table (final and best test accuracy per run) is printed and
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from simulations import engines
 from simulations.experiment import Experiment, RunConfig
-from simulations.results import RunRecord, RunStore, run_status
+from simulations.results import RunBusyError, RunRecord, RunStore, _atomic_write_bytes, run_status
 from simulations.server_app import quiet_flower, round_listener
 
 SUMMARY_FIELDS = (
@@ -47,7 +48,7 @@ class RunOutcome:
 
     config: RunConfig
     record: RunRecord | None
-    action: str  # "ran", "resumed", "skipped", "failed"
+    action: str  # "ran", "resumed", "skipped", "failed", "busy" (another process runs it)
     error: str | None = None
 
 
@@ -79,13 +80,33 @@ def summary_row(cfg: RunConfig, record: RunRecord | None, status: str) -> dict[s
 
 
 def write_summary(rows: list[dict[str, Any]], directory: Path) -> None:
-    """``summary.json`` and ``summary.csv`` in ``directory``."""
+    """``summary.json`` and ``summary.csv`` in ``directory`` (each written atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "summary.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    with (directory / "summary.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    data = json.dumps(rows, indent=1).encode("utf-8")
+    _atomic_write_bytes(directory / "summary.json", lambda fh: fh.write(data))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    encoded = text.getvalue().encode("utf-8")
+    _atomic_write_bytes(directory / "summary.csv", lambda fh: fh.write(encoded))
+
+
+def outcome_row(outcome: RunOutcome) -> dict[str, Any]:
+    """The summary line of ``outcome``; a run that failed or was busy here is looked up on disk
+    again, so that a run finished by another runner on the same folder shows as finished."""
+    status = outcome.action if outcome.error is None else "failed"
+    record = outcome.record
+    if status in ("failed", "busy"):
+        try:
+            disk_status, _ = run_status(outcome.config)
+            if disk_status == "finished":
+                record, status = RunStore(outcome.config.run_dir).load_record(), "finished"
+            elif status == "busy":
+                record = RunStore(outcome.config.run_dir).load_record()
+        except (OSError, ValueError):
+            pass
+    return summary_row(outcome.config, record, status)
 
 
 def print_summary(rows: list[dict[str, Any]], title: str = "summary") -> None:
@@ -162,7 +183,14 @@ def run_experiment(
     bar = _Progress(enabled=progress, total_runs=len(experiment.runs))
     with bar:
         for cfg in experiment.runs:
-            status, done = run_status(cfg)
+            try:
+                status, done = run_status(cfg)
+            except ValueError as err:  # a different run, a damaged record or checkpoint
+                if not keep_going:
+                    raise
+                outcomes.append(RunOutcome(cfg, None, "failed", f"{type(err).__name__}: {err}"))
+                bar.run_done(cfg, failed=True)
+                continue
             if status == "finished":
                 record = RunStore(cfg.run_dir).load_record()
                 outcomes.append(RunOutcome(cfg, record, "skipped"))
@@ -173,6 +201,11 @@ def run_experiment(
             try:
                 with round_listener(bar.on_round):
                     record = engines.run(cfg, engine=engine, threads=threads, verbose=verbose)
+            except RunBusyError as err:  # another runner has it: not a failure of this run
+                outcomes.append(RunOutcome(cfg, None, "busy", None))
+                bar.run_done(cfg, busy=True)
+                print(f"{cfg.run_name}: {err}")
+                continue
             except Exception as err:
                 if not keep_going:
                     raise
@@ -181,9 +214,7 @@ def run_experiment(
                 continue
             outcomes.append(RunOutcome(cfg, record, action))
             bar.run_done(cfg)
-    rows = [
-        summary_row(o.config, o.record, o.action if o.error is None else "failed") for o in outcomes
-    ]
+    rows = [outcome_row(o) for o in outcomes]
     if experiment.runs:
         out_dir = Path(experiment.runs[0].results_dir) / experiment.name
         write_summary(rows, out_dir)
@@ -249,8 +280,11 @@ class _Progress:
         info = f"acc {acc:.3f}" if isinstance(acc, float) else ""
         self._progress.update(self._round_task, completed=round_number, info=info)
 
-    def run_done(self, cfg: RunConfig, skipped: bool = False, failed: bool = False) -> None:
+    def run_done(
+        self, cfg: RunConfig, skipped: bool = False, failed: bool = False, busy: bool = False
+    ) -> None:
         if self._progress is None:
             return
         note = "skipped (finished)" if skipped else ("FAILED" if failed else "done")
+        note = "busy (another runner)" if busy else note
         self._progress.update(self._runs_task, advance=1, info=f"{cfg.run_name}: {note}")

@@ -222,3 +222,70 @@ def test_a_run_locked_by_a_live_process_is_refused(tmp_path: Path) -> None:
     lock.write_text("999999999")  # a dead owner: the stale lock is taken over
     assert engines.run_inprocess(cfg).completed_rounds == 1
     assert not lock.exists()
+
+
+# ------------------------------------------------------------------ kills in a worker-momentum run
+
+
+def worker_cfg(root: Path) -> RunConfig:
+    return tiny(root, momentum_place="worker", lr_schedule_r=0.0, num_rounds=4)
+
+
+@pytest.fixture(scope="module")
+def worker_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], dict]:
+    cfg = worker_cfg(tmp_path_factory.mktemp("worker-reference"))
+    record = engines.run(cfg)
+    return accuracies(record), RunStore(cfg.run_dir).load_checkpoint().arrays
+
+
+def _kill_before_checkpoint(k: int, leave_temp: bool):
+    """``save_checkpoint`` that dies at round ``k`` after the clients saved their state, without
+    writing (``leave_temp``: after writing half a temporary file, as a SIGKILL mid-write)."""
+    original = RunStore.save_checkpoint
+
+    def save(self: RunStore, checkpoint: Checkpoint) -> None:
+        if checkpoint.round == k:
+            if leave_temp:
+                (self.run_dir / f".{self.checkpoint_path.name}.dead.tmp").write_bytes(b"PK\x03")
+            raise Interrupt(f"killed before checkpoint {k}")
+        original(self, checkpoint)
+
+    return save
+
+
+@pytest.mark.parametrize(
+    "point", ["before-checkpoint", "mid-checkpoint-write", "after-checkpoint", "twice"]
+)
+def test_worker_momentum_resume_is_exact_at_any_kill_point(
+    worker_reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    ref_acc, ref_arrays = worker_reference
+    cfg = worker_cfg(tmp_path)
+    if point == "after-checkpoint":
+        with round_listener(interrupt_after(2)), pytest.raises(Interrupt):
+            engines.run(cfg)
+    else:
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                RunStore,
+                "save_checkpoint",
+                _kill_before_checkpoint(2, point != "before-checkpoint"),
+            )
+            with pytest.raises(Interrupt):
+                engines.run(cfg)
+        assert run_status(cfg) == ("partial", 1)  # the clients are a round ahead of the server
+        state = cfg.run_dir / "client-state"
+        assert any(p.name.endswith("-round-2.npz") for p in state.iterdir())
+        (state / ".momentum-partition-0-round-3.npz.dead.tmp").write_bytes(b"\x93NUM")
+        if point == "twice":  # killed again, this time after the redone round's checkpoint
+            with round_listener(interrupt_after(2)), pytest.raises(Interrupt):
+                engines.run(cfg)
+    resumed = engines.run(cfg)
+    assert accuracies(resumed) == ref_acc
+    final = RunStore(cfg.run_dir).load_checkpoint().arrays
+    assert all(torch.equal(final[k], ref_arrays[k]) for k in ref_arrays)
+    # only the last two rounds of client state are kept
+    tags = sorted(
+        int(p.stem.rsplit("-", 1)[1]) for p in (cfg.run_dir / "client-state").glob("*.npz")
+    )
+    assert set(tags) == {3, 4}
