@@ -125,7 +125,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from clients import coordinator
 
-    coordinator.main(["--address", args.address])
+    forwarded = ["--address", args.address]
+    if args.idle_timeout is not None:
+        forwarded += ["--idle-timeout", str(args.idle_timeout)]
+    if args.token:
+        forwarded += ["--token", args.token]
+    if args.allow_no_token:
+        forwarded.append("--allow-no-token")
+    coordinator.main(forwarded)
     return 0
 
 
@@ -183,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     coord = sub.add_parser("coordinator", help="serve the colluding coordinator")
     coord.add_argument("--address", default="127.0.0.1:9099")
+    coord.add_argument("--token", default="", help="shared token (default: the env variable)")
+    coord.add_argument("--allow-no-token", action="store_true", help="beyond loopback, no token")
+    coord.add_argument("--idle-timeout", type=float, default=None, help="seconds")
     coord.set_defaults(func=cmd_coordinator)
     return parser
 
