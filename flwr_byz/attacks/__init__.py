@@ -10,13 +10,30 @@ from .backdoor import (
     backdoor_loss,
 )
 from .channel import bit_flip, gambler, shard_bounds
+from .defence_aware import alie_opt, ipm_opt
+from .fang import fang, fang_selection
 from .ipm import ipm
 from .lp_coordinate import lp_coordinate, lp_coordinate_gamma
+from .mimic import mimic, mimic_index, mimic_step
+from .minmax import minmax, minmax_gamma, minsum, minsum_gamma
 from .noise import gaussian, label_flip, omniscient_negative, sign_flip
-from .registry import CHANNEL, NAMES, OMNISCIENT, Attack, get
+from .registry import BEYOND_NAMES, BEYOND_OMNISCIENT, CHANNEL, NAMES, OMNISCIENT, Attack, get
 
 __all__ = [
     "BACKDOOR_TARGET",
+    "BEYOND_NAMES",
+    "BEYOND_OMNISCIENT",
+    "alie_opt",
+    "fang",
+    "fang_selection",
+    "ipm_opt",
+    "mimic",
+    "mimic_index",
+    "mimic_step",
+    "minmax",
+    "minmax_gamma",
+    "minsum",
+    "minsum_gamma",
     "CHANNEL",
     "NAMES",
     "OMNISCIENT",

@@ -1,0 +1,267 @@
+"""Pre-aggregators (ALGORITHMS.md, "Beyond the seeds"): clip, arc, nnm, bucketing, and ``chain``.
+
+A pre-aggregator maps the ``(n, d)`` submitted vectors to ``(m, d)`` vectors that a rule then
+aggregates with the same declared f. Each ``_impl`` also returns a ``(m, n)`` float64 CPU
+``mixing`` matrix (row r: the share of output row r that came from each input row), so that a
+rule's ``participation`` over the m outputs maps back to the n inputs as ``participation @ mixing``.
+
+Choices beyond ALGORITHMS.md:
+
+- Rows with a NaN/inf are left unchanged by ``clip`` and ``arc`` (they have no direction to keep);
+  ``arc`` ranks them above every finite norm, so they use up its k clipping slots first, and the
+  rule after it handles them. ``nnm`` puts them at infinite distance (as distance rules do): a
+  finite row never mixes them in while n - f finite rows exist. ``bucketing`` averages them into
+  their bucket (a non-finite mean), which the rule then treats as one non-finite input.
+- ``nnm`` always counts the row itself among its n - f nearest (distance ties: smallest index).
+- ``arc``'s tie rule "smallest index clipped last": among equal norms the larger index ranks as
+  larger, i.e. is clipped first.
+- ``clip``'s threshold c has no default (it depends on the model and the update scale).
+- Norms are computed in float64 (no overflow of float32 squares of huge Byzantine values).
+- ``bucketing`` takes a ``torch.Generator`` or an integer ``seed`` (default seed 0): the
+  permutation is drawn on the CPU, so it is the same on every device for a given seed.
+- ``aggregate_chain`` reports ``selected`` only when every step keeps rows one to one (clip, arc);
+  after mixing steps (nnm, bucketing) a selected output is not one input, so ``selected`` is None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import check_inputs, finite_mask
+from ._distances import pairwise_squared_distances
+from ._types import Aggregation
+
+
+@dataclass(frozen=True)
+class PreAggregation:
+    """Output of a pre-aggregator: the new vectors and where each one came from.
+
+    vectors: ``(m, d)``, dtype and device of the inputs.
+    mixing: ``(m, n)`` float64 on CPU, rows sum to 1 (share of output row r from input i).
+    one_to_one: True when output row i is input row i (possibly rescaled): m == n, mixing = I.
+    """
+
+    vectors: Tensor
+    mixing: Tensor
+    one_to_one: bool
+
+
+def _row_norms(vectors: Tensor) -> Tensor:
+    """``(n,)`` float64 Euclidean norms (inf for rows with NaN/inf)."""
+    norms = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1)
+    return torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.inf))
+
+
+def _identity(n: int) -> Tensor:
+    return torch.eye(n, dtype=torch.float64)
+
+
+def _scale_rows(vectors: Tensor, scale: Tensor) -> Tensor:
+    """Multiply row i by ``scale[i]`` (float64) leaving rows with scale exactly 1 untouched."""
+    factor = scale.to(vectors.dtype).to(vectors.device)
+    keep = (scale == 1.0).to(vectors.device)[:, None]
+    return torch.where(keep, vectors, vectors * factor[:, None])
+
+
+def _clip_impl(vectors: Tensor, f: int = 0, c: float | None = None) -> PreAggregation:
+    n, _, f = check_inputs("clip", vectors, f)
+    if c is None:
+        raise ValueError("clip needs its threshold c (no default: it depends on the model)")
+    try:
+        c = float(c)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip: c must be a positive finite number, got c={c!r}") from None
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"clip: c must be a positive finite number, got c={c!r}")
+    norms = _row_norms(vectors)
+    finite = torch.isfinite(norms)
+    scale = torch.where(finite & (norms > c), c / norms.clamp_min(1e-300), torch.ones_like(norms))
+    return PreAggregation(_scale_rows(vectors, scale), _identity(n), True)
+
+
+def clip(vectors: Tensor, f: int = 0, c: float | None = None) -> Tensor:
+    """Static clipping ``V_i * min(1, c / ||V_i||)`` (f is accepted and ignored)."""
+    return _clip_impl(vectors, f, c).vectors
+
+
+def arc_k(n: int, f: int) -> int:
+    """Number of vectors ARC clips: ``floor(2 f (n - f) / n)``."""
+    return (2 * f * (n - f)) // n
+
+
+def _arc_impl(vectors: Tensor, f: int) -> PreAggregation:
+    n, _, f = check_inputs("arc", vectors, f)
+    if f >= n:
+        raise ValueError(f"arc needs n >= f + 1, got n={n}, f={f}")
+    k = arc_k(n, f)
+    scale = torch.ones(n, dtype=torch.float64)
+    if k > 0:
+        norms = _row_norms(vectors).cpu()
+        # Descending norm; among ties the larger index first (smallest index clipped last):
+        # a stable descending sort of the reversed rows keeps larger indices first.
+        order_rev = torch.sort(norms.flip(0), descending=True, stable=True).indices
+        order = n - 1 - order_rev
+        target = norms[order[k]]
+        if math.isfinite(float(target)):
+            clipped = order[:k]
+            finite = torch.isfinite(norms[clipped])
+            rows = clipped[finite]
+            scale[rows] = torch.where(
+                norms[rows] > target, target / norms[rows].clamp_min(1e-300), 1.0
+            )
+    return PreAggregation(_scale_rows(vectors, scale), _identity(n), True)
+
+
+def arc(vectors: Tensor, f: int) -> Tensor:
+    """Adaptive robust clipping: the floor(2f(n-f)/n) largest rows scaled to the next norm."""
+    return _arc_impl(vectors, f).vectors
+
+
+def _nnm_impl(vectors: Tensor, f: int) -> PreAggregation:
+    n, _, f = check_inputs("nnm", vectors, f)
+    if f >= n:
+        raise ValueError(f"nnm needs n >= f + 1, got n={n}, f={f}")
+    finite = finite_mask(vectors)
+    dist = pairwise_squared_distances(vectors, finite).cpu().clone()
+    dist.fill_diagonal_(-1.0)  # itself always among its nearest
+    m = n - f
+    nearest = torch.sort(dist, dim=1, stable=True).indices[:, :m]  # ties: smallest index
+    mixing = torch.zeros(n, n, dtype=torch.float64)
+    mixing.scatter_(1, nearest, 1.0 / m)
+    finite_cpu = finite.cpu()
+    clean_rows = (mixing[:, ~finite_cpu] == 0).all(dim=1) if not bool(finite_cpu.all()) else None
+    if clean_rows is None:
+        out = mixing.to(vectors.dtype).to(vectors.device) @ vectors
+    else:
+        zeroed = torch.where(finite[:, None], vectors, torch.zeros_like(vectors))
+        out = mixing.to(vectors.dtype).to(vectors.device) @ zeroed
+        dirty = torch.nonzero(~clean_rows, as_tuple=True)[0]
+        idx = nearest[dirty].to(vectors.device)
+        out[dirty.to(vectors.device)] = vectors[idx].mean(dim=1)  # non-finite, as it should be
+    return PreAggregation(out, mixing, False)
+
+
+def nnm(vectors: Tensor, f: int) -> Tensor:
+    """Nearest neighbour mixing: each row -> the mean of its n - f nearest rows (itself too)."""
+    return _nnm_impl(vectors, f).vectors
+
+
+def _permutation(n: int, generator: torch.Generator | None, seed: int | None) -> Tensor:
+    if generator is not None and seed is not None:
+        raise ValueError("bucketing: pass a generator or a seed, not both")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return torch.randperm(n, generator=generator, device=generator.device).cpu()
+
+
+def bucketing_count(n: int, s: int) -> int:
+    """Number of buckets (the rule's n after bucketing): ``ceil(n / s)``."""
+    return -(-n // s)
+
+
+def _bucketing_impl(
+    vectors: Tensor,
+    f: int = 0,
+    s: int = 2,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> PreAggregation:
+    n, _, f = check_inputs("bucketing", vectors, f)
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise ValueError(f"bucketing: s must be an int >= 1, got s={s!r}")
+    perm = _permutation(n, generator, seed)
+    m = bucketing_count(n, s)
+    bucket_of = torch.empty(n, dtype=torch.int64)
+    bucket_of[perm] = torch.arange(n) // s
+    sizes = torch.bincount(bucket_of, minlength=m).to(torch.float64)
+    mixing = torch.zeros(m, n, dtype=torch.float64)
+    mixing[bucket_of, torch.arange(n)] = 1.0 / sizes[bucket_of]
+    out = torch.zeros(m, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    out.index_add_(0, bucket_of.to(vectors.device), vectors)
+    out = out / sizes.to(vectors.dtype).to(vectors.device)[:, None]
+    return PreAggregation(out, mixing, False)
+
+
+def bucketing(
+    vectors: Tensor,
+    f: int = 0,
+    s: int = 2,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Seeded random buckets of s rows (the last may be smaller) -> their ceil(n/s) means."""
+    return _bucketing_impl(vectors, f, s, generator, seed).vectors
+
+
+PRE_REGISTRY: dict[str, Callable[..., PreAggregation]] = {
+    "clip": _clip_impl,
+    "arc": _arc_impl,
+    "nnm": _nnm_impl,
+    "bucketing": _bucketing_impl,
+}
+PRE_NAMES: tuple[str, ...] = tuple(PRE_REGISTRY)
+
+Step = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any]
+
+
+def _parse_step(step: Step) -> tuple[str, dict[str, Any]]:
+    if isinstance(step, str):
+        name, options = step, {}
+    elif isinstance(step, tuple) and len(step) == 2:
+        name, options = step[0], dict(step[1])
+    elif isinstance(step, Mapping):
+        options = dict(step)
+        name = options.pop("name", None)
+    else:
+        raise TypeError(f"chain: a step is a name, (name, options) or {{'name': ..}}, got {step!r}")
+    if name not in PRE_REGISTRY:
+        raise ValueError(f"unknown pre-aggregator {name!r}; known: {', '.join(PRE_NAMES)}")
+    return name, options
+
+
+def chain_impl(vectors: Tensor, f: int, steps: Sequence[Step]) -> PreAggregation:
+    """Apply the pre-aggregators ``steps`` in order with the same f; compose their mixings."""
+    n, _, f = check_inputs("chain", vectors, f)
+    mixing = _identity(n)
+    one_to_one = True
+    for step in steps:
+        name, options = _parse_step(step)
+        result = PRE_REGISTRY[name](vectors, f, **options)
+        vectors = result.vectors
+        mixing = result.mixing @ mixing
+        one_to_one = one_to_one and result.one_to_one
+    return PreAggregation(vectors, mixing, one_to_one)
+
+
+def chain(vectors: Tensor, f: int, steps: Sequence[Step]) -> Tensor:
+    """The vectors after the pre-aggregators ``steps`` (e.g. bucketing then nnm).
+
+    A step is a name, ``(name, options)`` or ``{"name": name, **options}``.
+    """
+    return chain_impl(vectors, f, steps).vectors
+
+
+def aggregate_chain(
+    vectors: Tensor, f: int, steps: Sequence[Step], rule: Any, **options: Any
+) -> Aggregation:
+    """Pre-aggregate with ``steps``, then run ``rule`` (a name or a ``Rule``) with the same f.
+
+    ``participation`` is mapped back to the n inputs through the composed mixing matrix.
+    """
+    from .registry import get  # lazy: registry imports the rules, this module is one of them
+
+    rule = get(rule) if isinstance(rule, str) else rule
+    pre = chain_impl(vectors, f, steps)
+    result = rule.aggregate(pre.vectors, f, **options)
+    participation = result.participation.to(torch.float64).cpu() @ pre.mixing
+    total = participation.sum()
+    if total > 0:
+        participation = participation / total
+    selected = result.selected if pre.one_to_one else None
+    return Aggregation(result.vector, selected, participation)
