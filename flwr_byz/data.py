@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 NAMES = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
-SCHEMES = ("iid", "dirichlet", "shared")
+SCHEMES = ("iid", "dirichlet", "shared", "label_sorted", "gamma_similarity", "shards")
 
 # Per-channel (mean, std) normalising intensities scaled to [0, 1]. MNIST: as in the ALIE
 # and Momentum papers; CIFAR-10: the Momentum paper's values; Fashion-MNIST: its usual statistics.
@@ -179,6 +179,116 @@ def load_torchvision(
     )
 
 
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_MAGIC = {1: 0x0801, 3: 0x0803}  # unsigned-byte IDX files: labels (1-D), images (3-D)
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX file (raw or ``.gz``) as a uint8 array with ``ndim`` dimensions.
+
+    Checks the magic number (0x0801 labels, 0x0803 images), the dimensions and the file size;
+    ValueError naming the file otherwise.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot read the IDX file ({error})") from error
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header})")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != _IDX_MAGIC[ndim]:
+        raise ValueError(
+            f"{path}: IDX magic number {magic:#06x}, expected {_IDX_MAGIC[ndim]:#06x} "
+            f"(unsigned bytes, {ndim} dimension(s))"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    size = int(np.prod(dims))
+    if len(raw) != header + size:
+        raise ValueError(
+            f"{path}: dimensions {dims} need {header + size} bytes, the file has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def find_mnist_files(root: str | Path) -> dict[str, Path]:
+    """The four MNIST IDX files under ``root``, flat or in torchvision's ``MNIST/raw/`` layout.
+
+    Each file may be raw or ``.gz`` (raw preferred). FileNotFoundError naming the missing files
+    and the places looked in when any is absent.
+    """
+    root = Path(root).expanduser()
+    folders = (root, root / "MNIST" / "raw")
+    found: dict[str, Path] = {}
+    for key, stem in MNIST_FILES.items():
+        for candidate in (folder / f"{stem}{ext}" for folder in folders for ext in ("", ".gz")):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+    missing = [MNIST_FILES[key] for key in MNIST_FILES if key not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST IDX file(s) {', '.join(missing)} (raw or .gz) not found in {root} or "
+            f"{folders[1]}"
+        )
+    return found
+
+
+def load_mnist_idx(root: str | Path, seed: int = 0) -> DataSplit:
+    """Full MNIST (60,000 train / 10,000 t10k test) from its IDX files under ``root``, numpy only.
+
+    Keeps the official split; ``seed`` shuffles the training set's order (as ``load_torchvision``).
+    """
+    files = find_mnist_files(root)
+    arrays = {}
+    for key, path in files.items():
+        arrays[key] = read_idx(path, 3 if key.endswith("images") else 1)
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"{files[part + '_images']} holds {images.shape[0]} images but "
+                f"{files[part + '_labels']} {labels.shape[0]} labels"
+            )
+        if labels.size and labels.max() > 9:
+            raise ValueError(f"{files[part + '_labels']}: labels above 9")
+    train_x = torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1)
+    train_y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    order = torch.randperm(train_y.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    test_x = torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1)
+    test_y = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    return DataSplit(
+        normalise(train_x[order], "mnist"),
+        train_y[order],
+        normalise(test_x, "mnist"),
+        test_y,
+        10,
+        "mnist",
+    )
+
+
+def _load_mnist(root: str | Path | None, seed: int, download: bool) -> DataSplit:
+    """MNIST from IDX files under ``root`` when present, else through torchvision."""
+    if root is None:
+        raise ValueError("data set 'mnist' needs root=<folder holding its IDX files>")
+    try:
+        find_mnist_files(root)
+    except FileNotFoundError as files_error:
+        try:
+            return load_torchvision("mnist", root, seed=seed, download=download)
+        except ImportError as error:
+            raise ImportError(f"{files_error}; torchvision, to fetch them: {error}") from error
+    return load_mnist_idx(root, seed=seed)
+
+
 def load_dataset(
     name: str = "mnist5k",
     root: str | Path | None = None,
@@ -186,9 +296,15 @@ def load_dataset(
     test_fraction: float = 0.2,
     download: bool = False,
 ) -> DataSplit:
-    """Load a data set by name (see ``NAMES``); ``test_fraction`` applies to ``mnist5k`` only."""
+    """Load a data set by name (see ``NAMES``); ``test_fraction`` applies to ``mnist5k`` only.
+
+    ``mnist`` reads the IDX files under ``root`` with numpy (``load_mnist_idx``) and needs
+    torchvision only when they are absent (to download them with ``download=True``).
+    """
     if name == "mnist5k":
         return load_mnist5k(seed=seed, test_fraction=test_fraction)
+    if name == "mnist":
+        return _load_mnist(root, seed, download)
     if name in NAMES:
         return load_torchvision(name, root, seed=seed, download=download)
     raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(NAMES)}")
@@ -207,6 +323,8 @@ def partition(
     scheme: str = "iid",
     alpha: float = 0.5,
     seed: int = 0,
+    gamma: float = 0.5,
+    byzantine: Sequence[int] = (),
 ) -> list[Tensor]:
     """Split the training indices among ``num_clients`` clients; int64 index tensors, sorted.
 
@@ -216,6 +334,10 @@ def partition(
     client (so none is empty when ``N >= num_clients``). ``shared``: every client gets all
     indices (the papers' setting: each worker samples i.i.d. from the whole training set).
     ``iid`` and ``dirichlet`` cover each index exactly once. Deterministic per ``seed``.
+    ``shards``: disjoint random shards, each in its permutation order, not sorted (see ``shards``;
+    the workers cycle through them, ``cycle_batch``).
+    ``label_sorted`` and ``gamma_similarity`` (``gamma``): see ``_label_sorted``; the clients in
+    ``byzantine`` (used by these two only) get every index (they sample i.i.d.).
     """
     labels = _labels_tensor(labels)
     count = labels.shape[0]
@@ -227,9 +349,14 @@ def partition(
         return [torch.arange(count) for _ in range(num_clients)]
     if count < num_clients:
         raise ValueError(f"cannot give each of {num_clients} clients a sample: only {count}")
+    if scheme in ("label_sorted", "gamma_similarity"):
+        share = 0.0 if scheme == "label_sorted" else float(gamma)
+        return _label_sorted(labels, num_clients, share, int(seed), byzantine)
     if scheme == "iid":
         order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed)))
         return [part.sort().values for part in torch.tensor_split(order, num_clients)]
+    if scheme == "shards":
+        return shards(count, num_clients, int(seed))
     if not alpha > 0:
         raise ValueError(f"dirichlet partition needs alpha > 0, got {alpha}")
     return _dirichlet(labels.numpy(), num_clients, float(alpha), int(seed))
@@ -254,6 +381,68 @@ def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int) ->
         parts[int(empty[0])] = parts[largest][-1:]
         parts[largest] = parts[largest][:-1]
     return [torch.from_numpy(part.astype(np.int64)) for part in parts]
+
+
+def _label_sorted(
+    labels: Tensor, num_clients: int, gamma: float, seed: int, byzantine: Sequence[int]
+) -> list[Tensor]:
+    """Label-sorted shards with a fraction ``gamma`` i.i.d. (ALGORITHMS.md, "Beyond the seeds").
+
+    A seeded permutation; its first ``round(gamma N)`` indices are cut into equal i.i.d. shards,
+    one per honest client; the rest is sorted by label (stable: ties keep the permutation's
+    order) and cut into contiguous equal shards (sizes differ by at most one), one per honest
+    client, in client order. gamma = 0 is ``label_sorted``, gamma = 1 is ``iid`` over the honest
+    clients. Byzantine clients get every index: they sample i.i.d. from the whole set.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma_similarity needs 0 <= gamma <= 1, got {gamma}")
+    bad = sorted({int(b) for b in byzantine})
+    if any(not 0 <= b < num_clients for b in bad):
+        raise ValueError(f"byzantine clients must be in [0, {num_clients - 1}], got {bad}")
+    honest = [c for c in range(num_clients) if c not in bad]
+    if not honest:
+        raise ValueError("label_sorted / gamma_similarity need at least one honest client")
+    count = labels.shape[0]
+    if count < len(honest):
+        raise ValueError(f"cannot give each of {len(honest)} honest clients a sample: {count}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    shared = int(round(gamma * count))
+    iid_part, rest = order[:shared], order[shared:]
+    rest = rest[torch.sort(labels[rest], stable=True).indices]
+    iid_shards = torch.tensor_split(iid_part, len(honest))
+    sorted_shards = torch.tensor_split(rest, len(honest))
+    parts = [torch.arange(count) for _ in range(num_clients)]
+    for k, client in enumerate(honest):
+        parts[client] = torch.cat([iid_shards[k], sorted_shards[k]]).sort().values
+    return parts
+
+
+def shards(count: int, num_clients: int, seed: int = 0) -> list[Tensor]:
+    """Disjoint random shards as torch's ``DistributedSampler`` (shuffle, no padding) cuts them.
+
+    One seeded permutation of ``range(count)``; client ``r`` gets ``perm[r::num_clients]``, in
+    the permutation's order (not sorted: ``cycle_batch`` walks it in this order). Sizes differ
+    by at most one; every index is in exactly one shard.
+    """
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed)))
+    return [order[rank::num_clients].clone() for rank in range(num_clients)]
+
+
+def cycle_batch(indices: Tensor, batch_size: int, round_number: int) -> Tensor:
+    """Round ``round_number``'s (1-based) batch of a worker cycling through its own shard.
+
+    Batch t holds entries ``(t - 1) * B, ..., t * B - 1`` of ``indices``, wrapping around at
+    its end (the same order every pass, as a ``DistributedSampler`` whose epoch is not set).
+    """
+    if indices.dim() != 1 or indices.numel() == 0:
+        raise ValueError(f"indices must be a non-empty 1-D tensor, got shape {indices.shape}")
+    if int(batch_size) != batch_size or not 1 <= batch_size <= indices.numel():
+        raise ValueError(
+            f"batch_size must be in [1, {indices.numel()}] (the client's samples), got {batch_size}"
+        )
+    start = (int(round_number) - 1) * int(batch_size)
+    positions = (start + torch.arange(int(batch_size))) % indices.numel()
+    return indices[positions.to(indices.device)]
 
 
 def _stream_seed(seed: int, node_key: int | str, round_number: int) -> int:

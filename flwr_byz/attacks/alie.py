@@ -29,15 +29,25 @@ def z_max(n: int, f: int) -> float:
     return float(torch.special.ndtri(torch.tensor(ratio, dtype=torch.float64)))
 
 
-def alie(honest: Tensor, n: int, f: int, z: float | None = None) -> Tensor:
+SIGMAS = ("sample", "population")
+
+
+def alie(honest: Tensor, n: int, f: int, z: float | None = None, sigma: str = "sample") -> Tensor:
     """ALIE vector ``mu - z * sigma`` from the honest vectors the attacker knows, shape ``(d,)``.
 
     ``honest`` is ``(k, d)``: all honest vectors (omniscient) or only the colluders' own
-    (non-omniscient). ``sigma`` is the sample std (see ``_checks.mean_and_std``). ``z`` defaults
-    to ``z_max(n, f)``; the Momentum paper uses a fixed ``z = 1.5``.
+    (non-omniscient; the client's ``omniscient`` option chooses). ``sigma="sample"`` (default)
+    is the Bessel-corrected std (divisor k - 1, see ``_checks.mean_and_std``; 0 for k = 1),
+    ``"population"`` the std with divisor k (``np.std``'s default). ``z`` defaults to
+    ``z_max(n, f)``; the Momentum paper uses a fixed ``z = 1.5``.
     """
     honest = honest_matrix(honest, "alie")
     check_n_f(n, f, "alie")
+    if sigma not in SIGMAS:
+        raise ValueError(f"alie: sigma must be one of {SIGMAS}, got {sigma!r}")
     factor = z_max(n, f) if z is None else float(z)
-    mu, sigma = mean_and_std(honest)
-    return mu - factor * sigma
+    if sigma == "population":
+        mu, spread = honest.mean(dim=0), honest.std(dim=0, correction=0)
+    else:
+        mu, spread = mean_and_std(honest)
+    return mu - factor * spread

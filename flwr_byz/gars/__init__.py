@@ -11,14 +11,40 @@ from ._types import Aggregation
 from .average import average
 from .brute import brute
 from .bulyan import bulyan
+from .centered_clipping import centered_clipping
 from .coordinatewise import meamed, median, phocas, trimmed_mean
+from .dnc import dnc
+from .fltrust import NoTrustError, fltrust
 from .geometric_median import geometric_median
 from .krum import krum, multi_krum
 from .medoid import medoid
-from .registry import NAMES, Rule, aggregate, get
+from .preaggregation import (
+    PRE_NAMES,
+    PreAggregation,
+    aggregate_chain,
+    arc,
+    bucketing,
+    chain,
+    clip,
+    nnm,
+)
+from .registry import BEYOND_NAMES, NAMES, Rule, aggregate, get
 
 __all__ = [
+    "BEYOND_NAMES",
     "NAMES",
+    "PRE_NAMES",
+    "NoTrustError",
+    "PreAggregation",
+    "aggregate_chain",
+    "arc",
+    "bucketing",
+    "centered_clipping",
+    "chain",
+    "clip",
+    "dnc",
+    "fltrust",
+    "nnm",
     "Aggregation",
     "Rule",
     "aggregate",

@@ -5,6 +5,17 @@ not Flower's legacy n - f - 1 reading). Krum outputs the lowest-scoring vector, 
 (never example-weighted) average of the m lowest-scoring ones. Ties go to the lowest index
 (stable sort).
 Distances come from the stable ``pairwise_squared_distances``; rows with NaN/inf score +inf.
+
+Options (defaults are the papers' definition above) to reproduce the authors' code:
+
+- ``distance="squared"`` (default) or ``"plain"``: score with Euclidean distances ``||V_i - V_j||``
+  instead of their squares, as both the ALIE code (``np.linalg.norm``) and the Momentum code
+  (``.norm()``) do.
+- ``neighbours``: how many nearest *other* vectors a score sums over (the vector itself is never
+  counted); default ``n - f - 2``. The ALIE code sums over ``n - f`` others
+  (``sorted(distances[user].values())[:n - f]``, its distance table holds no self-distance), the
+  Momentum code over ``n - f - 1`` others (``grad_dists[:n - f - 1]``, self excluded too); both
+  with ``distance="plain"``. Must lie in ``[1, n - 1]``.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ from ._checks import check_inputs, finite_rows, require, uniform_participation
 from ._distances import pairwise_squared_distances
 from ._types import Aggregation
 
+DISTANCES = ("squared", "plain")
+
 
 def krum_scores(distances: Tensor, neighbours: int) -> Tensor:
     """Krum score of each row of a squared-distance matrix over its ``neighbours`` nearest."""
@@ -25,11 +38,32 @@ def krum_scores(distances: Tensor, neighbours: int) -> Tensor:
     return nearest.sum(dim=1)
 
 
-def krum_order(distances: Tensor, f: int) -> Tensor:
-    """Row indices sorted by Krum score over max(1, n - f - 2) neighbours, lowest index first."""
+def krum_order(distances: Tensor, f: int, neighbours: int | None = None) -> Tensor:
+    """Row indices sorted by Krum score over ``neighbours`` (default max(1, n - f - 2)) nearest,
+    lowest index first among equal scores."""
     n = distances.shape[0]
-    scores = krum_scores(distances, max(1, n - f - 2))
+    count = max(1, n - f - 2) if neighbours is None else neighbours
+    scores = krum_scores(distances, count)
     return torch.sort(scores, stable=True).indices
+
+
+def _options(rule: str, n: int, f: int, distance: str, neighbours: int | None) -> int | None:
+    """Validate ``distance`` and ``neighbours``; the neighbour count to use (None = default)."""
+    if distance not in DISTANCES:
+        raise ValueError(f"{rule}: distance must be one of {DISTANCES}, got {distance!r}")
+    if neighbours is None:
+        return None
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 1 <= neighbours < n:
+        raise ValueError(
+            f"{rule} needs 1 <= neighbours <= n - 1, got neighbours={neighbours!r}, n={n}, f={f}"
+        )
+    return neighbours
+
+
+def krum_distances(vectors: Tensor, finite: Tensor, distance: str = "squared") -> Tensor:
+    """Pairwise squared distances, or their square roots for ``distance="plain"`` (float64)."""
+    squared = pairwise_squared_distances(vectors, finite)
+    return squared.clamp_min(0.0).sqrt() if distance == "plain" else squared
 
 
 def mean_of_rows(vectors: Tensor, rows: Tensor, all_finite: bool = False) -> Tensor:
@@ -53,30 +87,51 @@ def _krum_check(rule: str, vectors: Tensor, f: int) -> tuple[int, int, Tensor]:
     return n, f, finite_rows(rule, vectors, f)
 
 
-def _krum_impl(vectors: Tensor, f: int) -> Aggregation:
+def _krum_impl(
+    vectors: Tensor, f: int, distance: str = "squared", neighbours: int | None = None
+) -> Aggregation:
     n, f, finite = _krum_check("krum", vectors, f)
-    order = krum_order(pairwise_squared_distances(vectors, finite), f)
+    count = _options("krum", n, f, distance, neighbours)
+    order = krum_order(krum_distances(vectors, finite, distance), f, count)
     chosen = order[:1].cpu()
     return Aggregation(vectors[int(chosen[0])].clone(), chosen, uniform_participation(n, chosen))
 
 
-def _multi_krum_impl(vectors: Tensor, f: int, m: int | None = None) -> Aggregation:
+def _multi_krum_impl(
+    vectors: Tensor,
+    f: int,
+    m: int | None = None,
+    distance: str = "squared",
+    neighbours: int | None = None,
+) -> Aggregation:
     n, f, finite = _krum_check("multi_krum", vectors, f)
     m = n - f if m is None else m
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
         raise ValueError(f"multi_krum needs 1 <= m <= n, got m={m!r}, n={n}, f={f}")
-    order = krum_order(pairwise_squared_distances(vectors, finite), f)
+    count = _options("multi_krum", n, f, distance, neighbours)
+    order = krum_order(krum_distances(vectors, finite, distance), f, count)
     chosen = order[:m].cpu()
     vector = mean_of_rows(vectors, chosen, bool(finite.all()))
     return Aggregation(vector, chosen, uniform_participation(n, chosen))
 
 
-def krum(vectors: Tensor, f: int) -> Tensor:
-    """Krum: the submitted vector with the lowest score over n - f - 2 neighbours; n >= 2f + 3."""
-    return _krum_impl(vectors, f).vector
+def krum(
+    vectors: Tensor, f: int, distance: str = "squared", neighbours: int | None = None
+) -> Tensor:
+    """Krum: the submitted vector with the lowest score over n - f - 2 neighbours; n >= 2f + 3.
+
+    ``distance`` ("squared" | "plain") and ``neighbours``: see the module docstring.
+    """
+    return _krum_impl(vectors, f, distance, neighbours).vector
 
 
-def multi_krum(vectors: Tensor, f: int, m: int | None = None) -> Tensor:
+def multi_krum(
+    vectors: Tensor,
+    f: int,
+    m: int | None = None,
+    distance: str = "squared",
+    neighbours: int | None = None,
+) -> Tensor:
     """Multi-Krum: plain average of the m lowest-scoring vectors (default m = n - f);
-    needs n >= 2f + 3."""
-    return _multi_krum_impl(vectors, f, m).vector
+    needs n >= 2f + 3. ``distance`` and ``neighbours``: see the module docstring."""
+    return _multi_krum_impl(vectors, f, m, distance, neighbours).vector

@@ -12,6 +12,7 @@ from ._types import Aggregation
 from .average import _average_impl, average
 from .brute import _brute_impl, brute
 from .bulyan import _bulyan_impl, bulyan
+from .centered_clipping import _centered_clipping_impl, centered_clipping
 from .coordinatewise import (
     _meamed_impl,
     _median_impl,
@@ -22,9 +23,12 @@ from .coordinatewise import (
     phocas,
     trimmed_mean,
 )
+from .dnc import _dnc_impl, dnc
+from .fltrust import _fltrust_impl, fltrust
 from .geometric_median import _geometric_median_impl, geometric_median
 from .krum import _krum_impl, _multi_krum_impl, krum, multi_krum
 from .medoid import _medoid_impl, medoid
+from .nearest_median import _nearest_median_impl, nearest_median, nearest_median_min_n
 
 
 def _b_rule_min_n(f: int, b: int | None = None, **_: Any) -> int:
@@ -83,13 +87,25 @@ _RULES = (
 REGISTRY: dict[str, Rule] = {rule.name: rule for rule in _RULES}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
+# Rules beyond the seed papers (ALGORITHMS.md, "Beyond the seeds"): kept out of NAMES, whose
+# order and size other code and tests rely on; ``get`` finds them too.
+_BEYOND_RULES = (
+    Rule("centered_clipping", centered_clipping, False, _const(2, 1), _centered_clipping_impl),
+    Rule("fltrust", fltrust, False, lambda f, **_: 1, _fltrust_impl),
+    Rule("dnc", dnc, True, _const(2, 1), _dnc_impl),
+    # the ALIE authors' trimmed mean: mean of the n - f - 1 values nearest the median
+    Rule("nearest_median", nearest_median, False, nearest_median_min_n, _nearest_median_impl),
+)
+BEYOND_REGISTRY: dict[str, Rule] = {rule.name: rule for rule in _BEYOND_RULES}
+BEYOND_NAMES: tuple[str, ...] = tuple(BEYOND_REGISTRY)
+
 
 def get(name: str) -> Rule:
     """The rule called ``name``; unknown names raise ValueError listing the known ones."""
     try:
-        return REGISTRY[name]
+        return REGISTRY[name] if name in REGISTRY else BEYOND_REGISTRY[name]
     except (KeyError, TypeError):
-        known = ", ".join(NAMES)
+        known = ", ".join(NAMES + BEYOND_NAMES)
         raise ValueError(f"unknown aggregation rule {name!r}; known rules: {known}") from None
 
 
