@@ -10,17 +10,21 @@ Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Mapping
+from logging import ERROR, WARNING
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
 from torch import Tensor
 
 from flwr_byz import attacks
 
 from .config import ClientConfig
-from .coordinator import CoordinatorClient
+from .coordinator import CoordinatorClient, CoordinatorError
 from .honest import LocalResult, evaluate_model, honest_update
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
 from .malicious import AttackInputs, backdoor_accuracy, make_malicious_client
@@ -102,6 +106,45 @@ def _num_examples(cfg: ClientConfig) -> int:
     return min(cfg.batch_size, int(shard_indices(cfg).numel()))
 
 
+ATTACK_FAILED_PREFIX = "attack did not run"
+_EAVESDROP_WARNED: set[str] = set()  # coordinator addresses warned about, once per process
+_WARN_LOCK = threading.Lock()
+
+
+def _eavesdrop(
+    cfg: ClientConfig, train_config: ConfigRecord, run_id: int, rnd: int, vector: Tensor
+) -> None:
+    """Publish an honest vector to the coordinator (the adversary's eavesdropping). A failure
+    there stops only the attack: it is logged once per process and training goes on."""
+    try:
+        coordinator = _coordinator(cfg, train_config, cfg.attack)
+        coordinator.publish(run_id, rnd, "honest", cfg.partition_id, vector)
+    except (CoordinatorError, ValueError) as error:
+        key = str(train_config.get(ADDRESS_KEY, "") or cfg.coordinator_address)
+        with _WARN_LOCK:
+            first = key not in _EAVESDROP_WARNED
+            _EAVESDROP_WARNED.add(key)
+        if first:
+            log(
+                WARNING,
+                "partition %d (honest): cannot publish to the colluding coordinator, the "
+                "attack cannot use this vector; training goes on (logged once): %s",
+                cfg.partition_id,
+                error,
+            )
+
+
+def _attack_failed(message: Message, cfg: ClientConfig, rnd: int, error: Exception) -> Message:
+    """The error reply of an attacker that could not run its attack (e.g. no coordinator)."""
+    reason = (
+        f"{ATTACK_FAILED_PREFIX}: attack {cfg.attack!r} of partition {cfg.partition_id} in "
+        f"round {rnd} needs the colluding coordinator: {error}"
+    )
+    log(ERROR, "%s", reason)
+    error_record = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+    return Message(error_record, reply_to=message)
+
+
 def handle_train(message: Message, context: Context) -> Message:
     """One training round for this node, honest or Byzantine (see the module docstring)."""
     cfg = client_config(context)
@@ -113,10 +156,24 @@ def handle_train(message: Message, context: Context) -> Message:
     if not cfg.is_byzantine:
         result = honest_update(cfg, context, state, rnd)
         if needs == "omniscient":  # the adversary eavesdrops on what honest nodes send
-            coordinator = _coordinator(cfg, train_config, cfg.attack)
-            coordinator.publish(context.run_id, rnd, "honest", cfg.partition_id, result.vector)
+            _eavesdrop(cfg, train_config, context.run_id, rnd, result.vector)
         return _reply(message, result.vector, state, result.loss, result.num_examples)
+    try:
+        return _byzantine_train(message, context, cfg, train_config, rnd, state, needs)
+    except CoordinatorError as error:
+        return _attack_failed(message, cfg, rnd, error)
 
+
+def _byzantine_train(
+    message: Message,
+    context: Context,
+    cfg: ClientConfig,
+    train_config: ConfigRecord,
+    rnd: int,
+    state: dict[str, Tensor],
+    needs: str,
+) -> Message:
+    """The Byzantine node's round (``handle_train``); coordinator failures propagate."""
     client = make_malicious_client(cfg)
     honest_count = int(train_config.get(HONEST_COUNT_KEY, cfg.num_honest))
     attackers = cfg.num_attackers

@@ -13,7 +13,7 @@ from typing import Any
 
 UPDATE_MODES = ("gradient", "weights")
 MOMENTUM_PLACES = ("worker", "server")
-PARTITIONINGS = ("shared", "iid", "dirichlet")
+PARTITIONINGS = ("shared", "iid", "dirichlet", "shards")
 NO_ATTACK = "none"
 
 

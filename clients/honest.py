@@ -8,7 +8,8 @@ follows FedAvg (local epochs of SGD from the received model, the weights are ret
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,10 @@ def minibatch(cfg: ClientConfig, rnd: int) -> tuple[Tensor, Tensor]:
 
     split, indices = dataset_for(cfg), shard_indices(cfg)
     size = min(cfg.batch_size, indices.numel())
-    picks = data.sample_batch(indices, size, cfg.seed, cfg.partition_id, rnd)
+    if cfg.partitioning == "shards":  # each worker cycles through its own disjoint shard
+        picks = data.cycle_batch(indices, size, rnd)
+    else:
+        picks = data.sample_batch(indices, size, cfg.seed, cfg.partition_id, rnd)
     return split.train_x[picks], split.train_y[picks]
 
 
@@ -144,8 +148,9 @@ class WorkerMomentum:
 
     ``update`` is idempotent within a round (a Byzantine node may compute its honest vector in
     the collect phase and again for its real reply). With ``state_dir`` the momentum is also saved
-    per partition id each round and restored when ``context.state`` is empty and the saved state
-    belongs to the previous round, so an interrupted run resumes with the right ``G_{t-1}``.
+    per partition id and round (atomically, the last two rounds kept); round ``t`` starts from the
+    state saved for ``t - 1`` when ``context.state`` does not hold it, so a run resumed from any
+    checkpoint (even one older than the clients' last save) continues with the right ``G_{t-1}``.
     """
 
     def __init__(self, context: Context, mu: float, partition_id: int, state_dir: str = "") -> None:
@@ -160,28 +165,46 @@ class WorkerMomentum:
         vector = torch.from_numpy(state.array_records[MOMENTUM_KEY]["G"].numpy().copy())
         return int(meta["round"]), vector, float(meta["loss"])
 
+    def _round_file(self, rnd: int) -> Path:
+        assert self.path is not None
+        return self.path.parent / f"{self.path.name}-round-{rnd}.npz"
+
     def _restore(self, rnd: int) -> tuple[int, Tensor, float] | None:
+        """The saved ``G_{rnd-1}`` (files are tagged by round, so a redone round finds it)."""
         if self.path is None:
             return None
-        meta_file, data_file = self.path.with_suffix(".json"), self.path.with_suffix(".npy")
-        if not (meta_file.exists() and data_file.exists()):
+        data_file = self._round_file(rnd - 1)
+        if not data_file.exists():
             return None
-        meta = json.loads(meta_file.read_text())
-        if int(meta["round"]) != rnd - 1:
-            return None
-        vector = torch.from_numpy(np.load(data_file, allow_pickle=False))
-        return int(meta["round"]), vector, float(meta["loss"])
+        try:
+            with np.load(data_file, allow_pickle=False) as data:
+                vector, loss = torch.from_numpy(data["G"].copy()), float(data["loss"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{data_file}: damaged worker-momentum state ({err})") from err
+        return rnd - 1, vector, loss
 
     def _save(self, rnd: int, vector: Tensor, loss: float) -> None:
         state = self.context.state
         state[MOMENTUM_KEY] = ArrayRecord({"G": vector.detach().cpu().clone()})
         state[MOMENTUM_META_KEY] = ConfigRecord({"round": rnd, "loss": loss})
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp.npy")
-            np.save(temporary, vector.detach().cpu().numpy())
-            temporary.replace(self.path.with_suffix(".npy"))
-            self.path.with_suffix(".json").write_text(json.dumps({"round": rnd, "loss": loss}))
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = self._round_file(rnd)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, G=vector.detach().cpu().numpy(), loss=np.float64(loss))
+            os.replace(tmp, target)  # complete or absent, never torn
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # keep rounds rnd and rnd - 1: the server may resume from either checkpoint
+        prefix = f"{self.path.name}-round-"
+        for old in self.path.parent.glob(f"{prefix}*.npz"):
+            tag = old.name[len(prefix) : -len(".npz")]
+            if tag.isdigit() and int(tag) < rnd - 1:
+                old.unlink(missing_ok=True)
 
     def current(self, rnd: int) -> LocalResult | None:
         """The momentum already computed for ``rnd``, if any."""
@@ -193,7 +216,7 @@ class WorkerMomentum:
     def update(self, rnd: int, gradient: Tensor, loss: float) -> Tensor:
         """``G_t = mu G_{t-1} + g_t`` (``G_{t-1}`` = 0 when none stored); stores and returns it."""
         stored = self._stored()
-        if stored is None:
+        if stored is None or stored[0] not in (rnd, rnd - 1):
             stored = self._restore(rnd)
         if stored is not None and stored[0] == rnd:
             return stored[1].to(gradient.device)

@@ -100,17 +100,20 @@ class MaliciousClient:
 
 class AlieClient(MaliciousClient):
     """A Little Is Enough: ``mu - z sigma``; options ``z`` (default z_max(n, f)) and
-    ``omniscient`` (default True: all honest vectors; False: only the colluders' own)."""
+    ``omniscient`` (default True: all honest vectors; False: only the colluders' own), ``sigma``
+    ("sample", default, or "population": the std's divisor k - 1 or k)."""
 
     name = "alie"
-    allowed_options = frozenset({"z", "omniscient"})
+    allowed_options = frozenset({"z", "omniscient", "sigma"})
 
     @property
     def needs(self) -> str:
         return "omniscient" if bool(self.options.get("omniscient", True)) else "colluders"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
-        return attacks.alie(self.known_vectors(inputs), inputs.n, inputs.f, z=self.options.get("z"))
+        sigma = str(self.options.get("sigma", "sample"))
+        known = self.known_vectors(inputs)
+        return attacks.alie(known, inputs.n, inputs.f, z=self.options.get("z"), sigma=sigma)
 
 
 class IpmClient(MaliciousClient):

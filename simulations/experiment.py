@@ -24,10 +24,11 @@ import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-PARTITIONINGS = ("shared", "iid", "dirichlet")
+PARTITIONINGS = ("shared", "iid", "dirichlet", "shards")
 CHANNEL_FAULTS = ("none", "bit_flip", "gambler")
 UPDATE_MODES = ("gradient", "weights")
 MOMENTUM_PLACES = ("worker", "server")
+INITS = ("default", "xavier")  # flwr_byz.models.INITS
 
 # Keys of an experiment YAML that are not run-config fields.
 META_KEYS = ("name", "description", "cases", "paper", "engine")
@@ -45,6 +46,7 @@ class RunConfig:
     dataset: str = "mnist5k"
     data_root: str = ""
     model: str = "mlp"
+    init: str = "default"  # "xavier": the MLP's first layer xavier_uniform_ (ALIE authors' code)
     partitioning: str = "shared"
     dirichlet_alpha: float = 0.5
     seed: int = 0
@@ -66,8 +68,13 @@ class RunConfig:
     learning_rate: float = 0.1
     lr_schedule_r: float = 0.0
     num_rounds: int = 10
+    eval_every: int = 1  # test-set evaluation after every k-th round (and the last one)
     fraction_train: float = 1.0
     device: str = "auto"
+    # node loss: a round goes on with the nodes still connected when at least ``min_nodes`` are
+    # (0 = the rule's minimum n for num-byzantine); fewer for ``node_wait_timeout`` s fail the run
+    min_nodes: int = 0
+    node_wait_timeout: float = 120.0
     # adversary
     byzantine_partitions: str = ""
     num_attackers: int | None = None
@@ -137,9 +144,14 @@ class RunConfig:
             "coordinator_timeout",
             "experiment",
             "device",
+            "min_nodes",
+            "node_wait_timeout",
         ):
             d.pop(name)
         d["num_attackers"] = self.attackers
+        d.pop("eval_every")  # when the test set is evaluated does not change the training
+        if d["init"] == "default":  # runs recorded before the key existed keep their identity
+            d.pop("init")
         return d
 
     @classmethod
@@ -158,7 +170,16 @@ class RunConfig:
 
 _FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 _DICT_FIELDS = ("rule_options", "attack_options", "channel_fault_options")
-_INT_FIELDS = ("seed", "num_clients", "batch_size", "local_epochs", "num_byzantine", "num_rounds")
+_INT_FIELDS = (
+    "seed",
+    "num_clients",
+    "batch_size",
+    "local_epochs",
+    "num_byzantine",
+    "num_rounds",
+    "min_nodes",
+    "eval_every",
+)
 _FLOAT_FIELDS = (
     "dirichlet_alpha",
     "test_fraction",
@@ -170,11 +191,13 @@ _FLOAT_FIELDS = (
     "lr_schedule_r",
     "fraction_train",
     "coordinator_timeout",
+    "node_wait_timeout",
 )
 _STR_FIELDS = (
     "dataset",
     "data_root",
     "model",
+    "init",
     "partitioning",
     "update_mode",
     "momentum_place",
@@ -297,6 +320,8 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.num_clients >= 1, f"num-clients must be >= 1, got {cfg.num_clients}")
     need(cfg.num_byzantine >= 0, f"num-byzantine must be >= 0, got {cfg.num_byzantine}")
     need(cfg.num_rounds >= 1, f"num-rounds must be >= 1, got {cfg.num_rounds}")
+    need(cfg.eval_every >= 1, f"eval-every must be >= 1, got {cfg.eval_every}")
+    need(cfg.init in INITS, f"init must be one of {INITS}, got {cfg.init!r}")
     need(cfg.batch_size >= 1, f"batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.local_epochs >= 1, f"local-epochs must be >= 1, got {cfg.local_epochs}")
     need(0.0 <= cfg.momentum < 1.0, f"momentum must be in [0, 1), got {cfg.momentum}")
@@ -313,6 +338,15 @@ def _validate(cfg: RunConfig) -> None:
     need(
         cfg.coordinator_timeout > 0.0,
         f"coordinator-timeout must be > 0, got {cfg.coordinator_timeout}",
+    )
+    need(
+        0 <= cfg.min_nodes <= cfg.num_clients,
+        f"min-nodes must be in [0, num-clients={cfg.num_clients}] (0 = the rule's minimum), "
+        f"got {cfg.min_nodes}",
+    )
+    need(
+        cfg.node_wait_timeout > 0.0,
+        f"node-wait-timeout must be > 0, got {cfg.node_wait_timeout}",
     )
     need(
         bool(re.fullmatch(r"[A-Za-z0-9._=,+-]+(/[A-Za-z0-9._=,+-]+)*", cfg.run_name))

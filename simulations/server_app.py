@@ -16,16 +16,17 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from logging import INFO, WARNING
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from clients.grid_wrapper import GridWrapper
 from simulations.experiment import RunConfig, build_experiment, load_spec
 from simulations.results import (
     Checkpoint,
@@ -103,8 +104,23 @@ def config_from_context(run_config: Mapping[str, Any]) -> RunConfig:
 # ---------------------------------------------------------------------------------- parts
 
 
+def min_nodes(cfg: RunConfig) -> int:
+    """Nodes that must stay connected for a round to go on: ``min-nodes``, or (0) the least n
+    the rule accepts for ``num-byzantine`` (at least 1, at most ``num-clients``)."""
+    if cfg.min_nodes:
+        return cfg.min_nodes
+    from flwr_byz import gars
+
+    try:
+        need = gars.get(cfg.rule).min_n(cfg.num_byzantine, **dict(cfg.rule_options))
+    except (TypeError, ValueError):  # options the bound does not take: the rule will say
+        need = 1
+    return max(1, min(cfg.num_clients, int(need)))
+
+
 def build_strategy(cfg: RunConfig) -> Any:
-    """The robust strategy of ``cfg.rule`` (flwr_byz.strategy), sampling every client."""
+    """The robust strategy of ``cfg.rule`` (flwr_byz.strategy), sampling the connected clients
+    (it never waits for more than :func:`min_nodes`; a lost node is a dropout)."""
     from flwr_byz.strategy import RobustStrategy
 
     server_momentum = cfg.momentum if cfg.momentum_place == "server" else 0.0
@@ -118,8 +134,8 @@ def build_strategy(cfg: RunConfig) -> Any:
         lr_schedule_r=cfg.lr_schedule_r or None,
         server_momentum=server_momentum,
         fraction_train=cfg.fraction_train,
-        min_train_nodes=max(1, round(cfg.fraction_train * cfg.num_clients)),
-        min_available_nodes=cfg.num_clients,
+        min_train_nodes=max(1, min(min_nodes(cfg), round(cfg.fraction_train * cfg.num_clients))),
+        min_available_nodes=min_nodes(cfg),
         fraction_evaluate=0.0,
         min_evaluate_nodes=0,
     )
@@ -148,6 +164,44 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0, poll: floa
                 f"the number of SuperNodes (options.num-supernodes in pyproject.toml)"
             )
         time.sleep(poll)
+
+
+class TooFewNodesError(RuntimeError):
+    """Fewer than ``min-nodes`` nodes stayed connected for ``node-wait-timeout`` seconds."""
+
+
+class NodeWaitGrid(GridWrapper):
+    """A grid whose ``get_node_ids`` fails (``TooFewNodesError``) once fewer than
+    ``min_nodes`` nodes have been connected for ``timeout`` s, where Flower's node sampling
+    would wait forever."""
+
+    def __init__(self, grid: Grid, min_nodes: int, timeout: float) -> None:
+        super().__init__(grid)
+        self.min_nodes, self.timeout = int(min_nodes), float(timeout)
+        self._short_since: float | None = None
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The connected node ids; raises when too few have stayed past the timeout."""
+        ids = [int(node) for node in self.grid.get_node_ids()]
+        if len(ids) >= self.min_nodes:
+            self._short_since = None
+            return ids
+        now = time.monotonic()
+        if self._short_since is None:
+            self._short_since = now
+            log(
+                WARNING,
+                "only %d nodes connected, min-nodes=%d needed: waiting up to %g s",
+                len(ids),
+                self.min_nodes,
+                self.timeout,
+            )
+        elif now - self._short_since >= self.timeout:
+            raise TooFewNodesError(
+                f"only {len(ids)} nodes connected after waiting {self.timeout:g} s, "
+                f"min-nodes={self.min_nodes} needed (node-wait-timeout={self.timeout:g})"
+            )
+        return ids
 
 
 def discover(grid: Grid, timeout: float = 120.0) -> Roles:
@@ -232,6 +286,7 @@ def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, fl
         num_classes=split.num_classes,
         in_shape=tuple(split.train_x.shape[1:]),
         seed=cfg.seed,
+        init=cfg.init,
     )
     initial = ArrayRecord(model.state_dict())
 
@@ -337,9 +392,10 @@ def _run_locked(grid: Grid, cfg: RunConfig, timeout: float) -> RunRecord:
         rounds.append({"round": 0, **evaluate(arrays)})
     store.reset_rounds(rounds)
 
-    wait_for_nodes(grid, cfg.num_clients)
+    wait_for_nodes(grid, cfg.num_clients, timeout=cfg.node_wait_timeout)
     roles = discover(grid)
     strategy.honest_node_ids = roles.honest
+    grid = NodeWaitGrid(grid, min_nodes(cfg), cfg.node_wait_timeout)  # a lost node never hangs
     with coordinator_for(cfg) as address:
         grid = wrap_grid(grid, cfg, roles, address)
         return _rounds(
@@ -364,23 +420,39 @@ def _rounds(
     identity = identity_json(cfg)
     config = cfg.to_flower()
     done = min(start_round, cfg.num_rounds)
-    record = RunRecord(
+    record = ServerRunRecord(
         config=config, status="running", completed_rounds=done, rounds=rounds, wall_seconds=wall
     )
+    guard = _node_guard(grid)
+    lost: set[int] = set()
     for t in range(start_round + 1, cfg.num_rounds + 1):
         started = time.perf_counter()
-        messages = strategy.configure_train(t, arrays, ConfigRecord(), grid)
-        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        try:
+            messages = list(strategy.configure_train(t, arrays, ConfigRecord(), grid))
+        except TooFewNodesError as error:
+            record.status = "failed"
+            record.summary = {**run_summary(cfg, rounds), "error": f"round {t}: {error}"}
+            store.write_record(record, include_rounds=True)
+            log(ERROR, "%s: round %d: %s; the run failed", cfg.run_name, t, error)
+            raise
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
         new_arrays, train_metrics = strategy.aggregate_train(t, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        metrics: dict[str, Any] = {"round": t, **evaluate(arrays)}
+        metrics: dict[str, Any] = {"round": t}
+        if t % cfg.eval_every == 0 or t == cfg.num_rounds:  # eval-every: the whole test set
+            metrics.update(evaluate(arrays))
         metrics.update(_metric_values(train_metrics))
         metrics["learning-rate"] = strategy.aggregator.learning_rate_at(t)
+        report = strategy.last_round_report
+        if report is not None and report.server_round == t:
+            metrics.update(report.details())  # who was excluded or dropped this round, and why
         if "selected-nodes" in metrics:
             metrics["selected-partitions"] = [
                 roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]
             ]
+        metrics.update(_node_metrics(guard, roles, lost, t))
+        metrics.update(_attack_metrics(cfg, roles, messages, replies))
         metrics["round-seconds"] = time.perf_counter() - started
         log(
             INFO,
@@ -404,8 +476,13 @@ def _rounds(
             )
         )
         status = "finished" if t == cfg.num_rounds else "running"
-        record = RunRecord(
-            config=config, status=status, completed_rounds=t, rounds=rounds, wall_seconds=wall
+        record = ServerRunRecord(
+            config=config,
+            status=status,
+            completed_rounds=t,
+            rounds=rounds,
+            wall_seconds=wall,
+            summary=run_summary(cfg, rounds),
         )
         store.write_record(record)
         for listener in list(_LISTENERS):
@@ -413,8 +490,117 @@ def _rounds(
     if record.status != "finished":  # the checkpoint already covered the rounds asked for
         record.status = "finished"
         record.completed_rounds = start_round
+        record.summary = run_summary(cfg, rounds)
         store.write_record(record)
+    log_summary(cfg, record.summary)
     return record
+
+
+@dataclass
+class ServerRunRecord(RunRecord):
+    """``result.json`` with the ServerApp's run summary (:func:`run_summary`) at its top."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, include_rounds: bool = True) -> dict[str, Any]:
+        """The record's JSON plus the summary keys."""
+        return {**super().to_json(include_rounds=include_rounds), **self.summary}
+
+
+def run_summary(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """What happened besides the numbers: ``lost-partitions`` (nodes lost during the run) and,
+    under an attack, ``attack-rounds`` (rounds in which an attacker replied a usable vector)
+    and ``attack-ran`` (whether there was any); ``max-test-accuracy`` and
+    ``final-test-accuracy`` over the evaluated rounds (``eval-every``)."""
+    train = [r for r in rounds if int(r.get("round", 0)) >= 1]
+    out: dict[str, Any] = {
+        "lost-partitions": sorted({int(p) for r in train for p in r.get("lost-partitions", [])})
+    }
+    accuracies = [float(r["test-accuracy"]) for r in train if "test-accuracy" in r]
+    if accuracies:  # over the evaluated rounds (eval-every), the initial model excluded
+        out.update({"max-test-accuracy": max(accuracies), "final-test-accuracy": accuracies[-1]})
+    if cfg.attack != "none":
+        ran = sum(1 for r in train if int(r.get("attack-replies", 0)) > 0)
+        out.update({"attack-rounds": ran, "attack-ran": ran > 0})
+    return out
+
+
+def log_summary(cfg: RunConfig, summary: Mapping[str, Any]) -> None:
+    """The ServerApp's final summary line(s): lost nodes, and whether the attack ran."""
+    if summary.get("lost-partitions"):
+        log(
+            WARNING,
+            "%s: partitions %s were lost during the run (counted as dropouts)",
+            cfg.run_name,
+            summary["lost-partitions"],
+        )
+    if "attack-ran" not in summary:
+        return
+    level = INFO if summary["attack-ran"] else WARNING
+    verdict = "ran" if summary["attack-ran"] else "did NOT run: no attacker replied a usable vector"
+    log(
+        level,
+        "%s: attack %r %s (attackers' vectors used in %d of %d rounds)",
+        cfg.run_name,
+        cfg.attack,
+        verdict,
+        summary["attack-rounds"],
+        cfg.num_rounds,
+    )
+
+
+def _node_guard(grid: Grid) -> NodeWaitGrid | None:
+    """The ``NodeWaitGrid`` inside ``grid``'s wrappers, if any."""
+    while grid is not None and not isinstance(grid, NodeWaitGrid):
+        grid = getattr(grid, "grid", None)
+    return grid
+
+
+def _node_metrics(
+    guard: NodeWaitGrid | None, roles: Roles, lost: set[int], rnd: int
+) -> dict[str, Any]:
+    """``connected-nodes`` and ``lost-partitions`` (known nodes no longer connected) at the end
+    of a round; logs each node once when it is first missed."""
+    if guard is None:
+        return {}
+    connected = {int(node) for node in guard.grid.get_node_ids()}  # raw: never raises
+    missing = sorted(node for node in roles.partition_of if node not in connected)
+    for node in missing:
+        if node not in lost:
+            lost.add(node)
+            log(
+                WARNING,
+                "round %d: node %d (partition %d) is gone, counted as a dropout; %d nodes "
+                "connected, min-nodes=%d",
+                rnd,
+                node,
+                roles.partition_of[node],
+                len(connected),
+                guard.min_nodes,
+            )
+    return {
+        "connected-nodes": len(connected),
+        "lost-partitions": sorted(roles.partition_of[node] for node in missing),
+    }
+
+
+def _attack_metrics(
+    cfg: RunConfig, roles: Roles, messages: list[Message], replies: list[Message]
+) -> dict[str, Any]:
+    """Under an attack: ``attackers-sampled`` and ``attack-replies`` (attackers' replies that
+    carry a vector, i.e. the attack ran) of a round; attackers' error replies are logged."""
+    if cfg.attack == "none":
+        return {}
+    sampled = {int(m.metadata.dst_node_id) for m in messages} & roles.byzantine
+    usable = 0
+    for reply in replies:
+        if int(reply.metadata.src_node_id) not in sampled:
+            continue
+        if reply.has_error():
+            log(WARNING, "attacker node %d: %s", reply.metadata.src_node_id, reply.error.reason)
+        elif reply.has_content() and reply.content.array_records:
+            usable += 1
+    return {"attackers-sampled": len(sampled), "attack-replies": usable}
 
 
 @app.main()

@@ -218,9 +218,11 @@ def test_unknown_attack_option_is_refused(arrays0) -> None:
 
 
 def test_omniscient_attack_without_coordinator_is_a_clear_error(arrays0) -> None:
+    """The attacker (partition 0) fails naming the missing key; an honest node still trains."""
     grid = make_grid(3, {"attack": "ipm", "num-byzantine": 1})
-    (reply,) = grid.send_and_receive(train_messages([2], arrays0, 1))
-    assert reply.has_error() and "coordinator-address" in reply.error.reason
+    attacker, honest = grid.send_and_receive(train_messages([1, 2], arrays0, 1))
+    assert attacker.has_error() and "coordinator-address" in attacker.error.reason
+    assert not honest.has_error() and "arrays" in honest.content.array_records
 
 
 def test_alie_backdoor_in_weights_mode_stays_within_the_clip_box(arrays0) -> None:
