@@ -1,10 +1,17 @@
-"""Cost of one ``aggregate_train``: flwr-byz's Krum and Median vs Flower's Krum and FedMedian.
+"""Cost of one ``aggregate_train``: every rule's strategy round against its plain kernel, and
+flwr-byz's Krum and Median against Flower's Krum and FedMedian.
 
-n = 51 replies of a 1e6-parameter model (three float32 arrays); every strategy gets the same reply
-Messages; the time of ``aggregate_train`` (decoding, checks, rule, re-encoding: what a round costs
-the server) is measured, median of the repeats, after one warm-up call.
+Default (ratios): for every rule of ``flwr_byz.gars.NAMES`` at its largest f (Brute at f = 2),
+n in {25, 51} replies of a d-parameter model (three float32 arrays), the time of the Message-API
+strategy's ``aggregate_train`` (matching, checks, stacking, rule, server step, re-encoding: what a
+round costs the server) against the plain ``flwr_byz.gars`` function on the same deltas
+``reply - global``. Calls are interleaved (kernel, round, kernel, ...); medians of the repeats.
+``--participation`` also times a round that tracks participation (``track_participation=True``,
+as when ``honest_node_ids`` are set). ``--flower``: the older comparison with Flower's strategies.
 
-    python benchmarks/bench_round.py [--nodes 51] [--params 1000000] [--repeats 5] [--device auto]
+    python benchmarks/bench_round.py [--nodes 25,51] [--params 1000000] [--repeats 5]
+    python benchmarks/bench_round.py --rules krum,median --participation --threads 1
+    python benchmarks/bench_round.py --flower [--nodes 51] [--device auto]
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import logging
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,8 +37,9 @@ from flwr.serverapp.strategy import FedMedian
 from flwr.serverapp.strategy import Krum as FlowerKrum
 from flwr.supercore.logger import FLOWER_LOGGER as flower_logger
 
+from flwr_byz import gars
 from flwr_byz.inprocess import InProcessGrid
-from flwr_byz.strategy import Krum, Median
+from flwr_byz.strategy import STRATEGIES, Krum, Median
 
 
 def _model(params: int) -> dict[str, np.ndarray]:
@@ -68,6 +77,15 @@ def _replies(model: dict[str, np.ndarray], nodes: int, f: int) -> list[Message]:
     return replies
 
 
+def _deltas(replies: list[Message], model: dict[str, np.ndarray]) -> torch.Tensor:
+    """The ``(n, d)`` float32 deltas ``reply - global`` the strategy's rule sees."""
+    rows = []
+    for reply in replies:
+        record = reply.content.array_records["arrays"]
+        rows.append(np.concatenate([(record[k].numpy() - v).reshape(-1) for k, v in model.items()]))
+    return torch.from_numpy(np.stack(rows))
+
+
 def _time(make_call, repeats: int) -> float:
     """Median seconds of ``call()`` over ``repeats``, each on fresh replies (Flower's FedMedian
     pops the arrays out of the replies it reads), after one warm-up call."""
@@ -81,21 +99,81 @@ def _time(make_call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=51)
-    parser.add_argument("--byzantine", type=int, default=12)
-    parser.add_argument("--params", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    flower_logger.setLevel(logging.ERROR)
+def _interleaved(calls: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each call, run in turn ``repeats`` times after one warm-up round."""
+    times: list[list[float]] = [[] for _ in calls]
+    for attempt in range(repeats + 1):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            call()
+            if attempt:
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
-    # the grid is only sampled, never called; building it sets TaskIdentity for Message(...)
-    grid = InProcessGrid(lambda m, c: m, [{}] * args.nodes)
+
+def _rule_f(name: str, n: int) -> int:
+    return 2 if name == "brute" else gars.get(name).max_f(n)
+
+
+def ratios(args: argparse.Namespace) -> None:
+    """Strategy round / plain kernel for every rule and n."""
     model = _model(args.params)
     global_record = ArrayRecord({k: Array(v) for k, v in model.items()})
-    n, f = args.nodes, args.byzantine
+    names = args.rules.split(",") if args.rules else list(gars.NAMES)
+    header = f"{'rule':<17} {'n':>3} {'f':>3} {'kernel (s)':>11} {'round (s)':>10} {'ratio':>6}"
+    if args.participation:
+        header += f" {'tracked (s)':>12} {'ratio':>6}"
+    print(
+        f"aggregate_train / plain kernel, d={args.params}, device=cpu, "
+        f"torch threads={torch.get_num_threads()}, median of {args.repeats} interleaved"
+    )
+    print(header)
+    for n in (int(x) for x in args.nodes.split(",")):
+        sampling = {"min_train_nodes": n, "min_available_nodes": n, "fraction_train": 1.0}
+        grid = InProcessGrid(lambda m, c: m, [{}] * n)  # sampled only, never called
+        for name in names:
+            print(_rule_row(name, n, model, global_record, grid, sampling, args), flush=True)
+
+
+def _rule_row(
+    name: str,
+    n: int,
+    model: dict[str, np.ndarray],
+    global_record: ArrayRecord,
+    grid: InProcessGrid,
+    sampling: dict,
+    args: argparse.Namespace,
+) -> str:
+    """One table line: kernel and strategy-round times of rule ``name`` with n replies."""
+    f = _rule_f(name, n)
+    replies = _replies(model, n, f)
+    deltas = _deltas(replies, model)
+    rule = gars.get(name)
+
+    def strategy_call(track: bool) -> Callable[[], object]:
+        strategy = STRATEGIES[name](num_byzantine=f, device="cpu", **sampling)
+        strategy.aggregator.track_participation = track
+        strategy.configure_train(1, global_record, ConfigRecord(), grid)
+        return lambda: strategy.aggregate_train(1, replies)
+
+    calls = [lambda: rule(deltas, f), strategy_call(False)]
+    if args.participation:
+        calls.append(strategy_call(True))
+    times = _interleaved(calls, args.repeats)
+    line = f"{name:<17} {n:>3} {f:>3} {times[0]:>11.4f} {times[1]:>10.4f}"
+    line += f" {times[1] / times[0]:>6.2f}"
+    if args.participation:
+        line += f" {times[2]:>12.4f} {times[2] / times[0]:>6.2f}"
+    return line
+
+
+def flower(args: argparse.Namespace) -> None:
+    """flwr-byz's Krum and Median against Flower's Krum and FedMedian."""
+    model = _model(args.params)
+    global_record = ArrayRecord({k: Array(v) for k, v in model.items()})
+    n, f = int(args.nodes.split(",")[-1]), args.byzantine
+    # the grid is only sampled, never called; building it sets TaskIdentity for Message(...)
+    grid = InProcessGrid(lambda m, c: m, [{}] * n)
     sampling = {"min_train_nodes": n, "min_available_nodes": n}
 
     def ours(strategy):
@@ -131,8 +209,26 @@ def main() -> None:
         f"device={device}, torch threads={torch.get_num_threads()}, median of {args.repeats}"
     )
     print(f"{'rule':<8} {'flwr-byz (s)':>13} {'Flower (s)':>11} {'Flower / flwr-byz':>18}")
-    for rule, mine, flower in rows:
-        print(f"{rule:<8} {mine:>13.3f} {flower:>11.3f} {flower / mine:>18.2f}")
+    for rule, mine, theirs_s in rows:
+        print(f"{rule:<8} {mine:>13.3f} {theirs_s:>11.3f} {theirs_s / mine:>18.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="25,51", help="comma-separated n (--flower: the last)")
+    parser.add_argument("--byzantine", type=int, default=12, help="f of --flower")
+    parser.add_argument("--params", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="device of --flower")
+    parser.add_argument("--rules", default="", help="comma-separated rule names (default: all)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--participation", action="store_true", help="also time tracked rounds")
+    parser.add_argument("--flower", action="store_true", help="compare with Flower's strategies")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flower_logger.setLevel(logging.ERROR)
+    (flower if args.flower else ratios)(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ unweighted per-key median.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,18 +43,10 @@ __all__ = [
 ON_TOO_FEW = ("keep", "raise")
 
 
-def _finite_rows(vectors: torch.Tensor) -> torch.Tensor:
-    """Bool ``(n,)``: rows whose values are all finite.
-
-    A row's sum is finite only if all its values are (NaN and inf propagate), so one reduction
-    settles almost every row; only rows whose sum is not finite (a non-finite value, or finite
-    values whose sum overflows) get the exact element-wise check.
-    """
-    finite = torch.isfinite(vectors.sum(dim=1))
-    suspects = (~finite).nonzero().flatten()
-    if suspects.numel():
-        finite[suspects] = torch.isfinite(vectors[suspects]).all(dim=1)
-    return finite
+def _all_finite(vector: torch.Tensor) -> bool:
+    """Whether all values are finite: one sum (NaN and inf propagate), the exact check only when
+    the sum is not finite (a non-finite value, or finite values whose sum overflows)."""
+    return bool(torch.isfinite(vector.sum())) or bool(torch.isfinite(vector).all())
 
 
 class TooFewRepliesError(RuntimeError):
@@ -89,7 +82,11 @@ class Submission:
 
 @dataclass
 class RoundReport:
-    """What happened in one round, for programmatic use (``strategy.last_round_report``)."""
+    """What happened in one round, for programmatic use (``strategy.last_round_report``).
+
+    ``participation`` (accepted node id -> share of the aggregate) is filled only when the
+    aggregator tracks it (``honest_node_ids`` set, or ``track_participation=True``); else empty.
+    """
 
     server_round: int
     replies: int
@@ -148,6 +145,10 @@ class RobustAggregator:
             replies are fewer than the rule needs (also when the rule itself refuses them).
         honest_node_ids: node ids known to be honest (a simulation sets it) for the honest-only
             metrics; every other accepted node counts as Byzantine.
+        track_participation: compute each accepted reply's share of the aggregate
+            (``RoundReport.participation``) even without ``honest_node_ids``. Participation costs
+            more than some rules themselves (index sorts), so it is computed only when used: with
+            ``honest_node_ids`` set (``byzantine-influence``) or this option on.
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class RobustAggregator:
         update: ServerUpdateConfig | None = None,
         on_too_few: str = "keep",
         honest_node_ids: Collection[int] | None = None,
+        track_participation: bool = False,
     ) -> None:
         if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int):
             raise TypeError(f"num_byzantine must be an int, got {type(num_byzantine).__name__}")
@@ -175,12 +177,21 @@ class RobustAggregator:
         self.optimizer = ServerOptimizer(self.update)
         self.on_too_few = on_too_few
         self.honest_node_ids = honest_node_ids
+        #: compute participation even without ``honest_node_ids`` (see the class docstring)
+        self.track_participation = bool(track_participation)
+        # the rule's kernel, if it can skip the participation (``track=False``): the result is the
+        # plain ``gars`` function's (same code path), plus the selection of the selecting rules
+        impl = getattr(self.rule, "_impl", None)
+        self._untracked_impl = (
+            impl if impl is not None and "track" in inspect.signature(impl).parameters else None
+        )
         #: client metric keys left out of the round metrics (the self-reported example count)
         self.client_metrics_exclude: frozenset[str] = frozenset({"num-examples"})
         self.last_round_report: RoundReport | None = None
         self._global: dict[str, np.ndarray] | None = None
         self._layout: ModelLayout | None = None
         self._buffer: np.ndarray | None = None
+        self._theta: torch.Tensor | None = None  # flat global model, kept for the round
 
     # ------------------------------------------------------------------ state
     @property
@@ -211,6 +222,7 @@ class RobustAggregator:
             self.optimizer.reset()
         self._global = dict(arrays)
         self._layout = layout
+        self._theta = None  # flattened once, on first use
 
     def _row_buffer(self, layout: ModelLayout, rows: int) -> np.ndarray:
         """A host buffer for the ``(n, d)`` rows, kept across rounds (no fresh pages each round)."""
@@ -224,6 +236,25 @@ class RobustAggregator:
             buffer = np.empty((rows, layout.dim), dtype=layout.numpy_dtype)
             self._buffer = buffer
         return buffer
+
+    @property
+    def tracks_participation(self) -> bool:
+        """Whether this round computes participation (``honest_node_ids`` set or asked for)."""
+        return self.track_participation or self._honest is not None
+
+    def _flat_global(
+        self, layout: ModelLayout, global_arrays: Mapping[str, np.ndarray]
+    ) -> torch.Tensor:
+        """The flat global model as a host ``(d,)`` tensor, flattened once per ``set_global``."""
+        if self._theta is None:
+            self._theta = layout.flatten(global_arrays)
+        return self._theta
+
+    def _run_rule(self, vectors: torch.Tensor, f: int, track: bool) -> gars.Aggregation:
+        """The rule's aggregation; participation only when ``track`` (else it may be None)."""
+        if track or self._untracked_impl is None:
+            return self.rule.aggregate(vectors, f, **self.rule_options)
+        return self._untracked_impl(vectors, f, track=False, **self.rule_options)
 
     def learning_rate_at(self, server_round: int) -> float:
         """The server learning rate ``eta_t`` of this round."""
@@ -281,15 +312,19 @@ class RobustAggregator:
                 if not sub.crashed:  # the content itself breaks the protocol
                     report.faulty_node_ids.append(sub.node_id)
 
-        # 2. one tensor on the device; vectors = gradients, or deltas in weights mode
-        rows = layout.stack(
+        # 2. one tensor on the device; vectors = gradients, or deltas in weights mode: one pass
+        # over the replies subtracts the flat global model and checks finiteness while stacking
+        host_theta = self._flat_global(layout, global_arrays)
+        finite = np.ones(len(candidates), dtype=np.bool_)
+        vectors = layout.stack(
             [sub.arrays for sub in candidates],  # type: ignore[misc]
             device=self.device,
             buffer=self._row_buffer(layout, len(candidates)),
+            minus=None if self.update.update_mode == "gradient" else host_theta.numpy(),
+            finite=finite,
         )
-        theta = layout.flatten(global_arrays, device=self.device)
-        vectors = rows if self.update.update_mode == "gradient" else rows.sub_(theta)
-        finite_cpu = _finite_rows(vectors).cpu()
+        theta = host_theta.to(self.device)
+        finite_cpu = torch.from_numpy(finite)
         if not bool(finite_cpu.all()):
             bad_counts = (~torch.isfinite(vectors)).sum(dim=1).cpu()
             kept: list[Submission] = []
@@ -324,6 +359,7 @@ class RobustAggregator:
         needed = self.rule.min_n(f, **self.rule_options)
         agg_seconds = 0.0
         aggregation = None
+        track = self.tracks_participation
         if n == 0 or n < needed:
             report.reason_kept = (
                 f"{self.rule.name} needs n >= {needed} usable replies for f={f}, got n={n} "
@@ -334,13 +370,13 @@ class RobustAggregator:
         else:
             start = time.perf_counter()
             try:
-                aggregation = self.rule.aggregate(vectors, f, **self.rule_options)
+                aggregation = self._run_rule(vectors, f, track)
                 if aggregation.vector.device.type == "cuda":
                     torch.cuda.synchronize(aggregation.vector.device)
             except ValueError as err:
                 report.reason_kept = f"{self.rule.name} refused the round: {err}"
             agg_seconds = time.perf_counter() - start
-            if aggregation is not None and not bool(torch.isfinite(aggregation.vector).all()):
+            if aggregation is not None and not _all_finite(aggregation.vector):
                 report.reason_kept = f"{self.rule.name} returned a non-finite aggregate"
                 aggregation = None
 
@@ -348,7 +384,7 @@ class RobustAggregator:
         if aggregation is not None:
             saved_buffer = self.optimizer.momentum_buffer
             new_theta = self.optimizer.step(theta, aggregation.vector.to(theta.dtype), server_round)
-            if not bool(torch.isfinite(new_theta).all()):  # e.g. overflow of a huge finite step
+            if not _all_finite(new_theta):  # e.g. overflow of a huge finite step
                 self.optimizer.momentum_buffer = saved_buffer
                 report.reason_kept = "the server step overflowed to non-finite values"
                 aggregation, new_theta = None, None
@@ -361,11 +397,12 @@ class RobustAggregator:
             new_arrays = global_arrays
         else:
             new_arrays = layout.unflatten(new_theta, global_arrays)
-            participation = aggregation.participation.detach().to("cpu", torch.float64)
-            report.participation = {
-                node_id: float(share)
-                for node_id, share in zip(accepted, participation.tolist(), strict=True)
-            }
+            if track and aggregation.participation is not None:
+                participation = aggregation.participation.detach().to("cpu", torch.float64)
+                report.participation = {
+                    node_id: float(share)
+                    for node_id, share in zip(accepted, participation.tolist(), strict=True)
+                }
             if self.rule.selects and aggregation.selected is not None:
                 report.selected_node_ids = [accepted[int(i)] for i in aggregation.selected.tolist()]
             log(
@@ -412,7 +449,7 @@ class RobustAggregator:
             if bool(mask.any()):
                 honest_vectors = vectors[mask.to(vectors.device)]
                 out.update(round_metrics.round_statistics(honest_vectors, n, f))
-            if aggregation is not None:
+            if aggregation is not None and aggregation.participation is not None:
                 out["byzantine-influence"] = round_metrics.byzantine_influence(
                     aggregation.participation.detach().to("cpu"), ~mask
                 )

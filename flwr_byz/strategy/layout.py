@@ -8,6 +8,7 @@ model unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ArraySpec", "ModelLayout"]
+
+_BLOCK = 1 << 17  # values per stacking block: it stays in cache for the finiteness sum
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,21 @@ class ModelLayout:
         models: Sequence[Mapping[str, np.ndarray]],
         device: torch.device | None = None,
         buffer: np.ndarray | None = None,
+        minus: np.ndarray | None = None,
+        finite: np.ndarray | None = None,
     ) -> Tensor:
         """The ``(n, d)`` tensor of ``n`` (checked) models, one row each, on ``device``.
 
         Filled on the CPU by one numpy copy per array (no loop over coordinates), then moved once.
         ``buffer``: a reusable ``(>= n, d)`` array of :attr:`numpy_dtype` to fill (saves the page
         faults of a fresh allocation every round); on the CPU the result shares its memory.
+        ``minus``: a flat ``(d,)`` :attr:`numpy_dtype` vector subtracted from every row while
+        copying (one pass instead of a copy and a subtraction; the same IEEE values: each array is
+        cast to :attr:`numpy_dtype`, then the one rounded subtraction).
+        ``finite``: a bool ``(n,)`` array set to whether each row is all finite, checked block by
+        block while the block is still in cache (no second pass over the rows): a block's sum is
+        finite only if all its values are (NaN and inf propagate); a row with a non-finite block
+        sum (a non-finite value, or an overflowing sum) gets the exact element-wise check.
         """
         shape = (len(models), self.dim)
         if buffer is None:
@@ -113,11 +125,36 @@ class ModelLayout:
             raise ValueError(f"buffer has {buffer.shape[0]} rows, {shape[0]} needed")
         else:
             out = buffer[: shape[0]]
-        for row, arrays in enumerate(models):
-            for spec in self.specs:
-                if spec.aggregated:
-                    # numpy casts (float16, byte order) while copying; reshape is a view
-                    out[row, spec.offset : spec.offset + spec.size] = arrays[spec.key].reshape(-1)
+        if minus is not None and (minus.shape != (self.dim,) or minus.dtype != self.numpy_dtype):
+            raise ValueError(
+                f"minus must be ({self.dim},) {self.numpy_dtype}, got {minus.shape} {minus.dtype}"
+            )
+        if finite is not None and (finite.shape != (shape[0],) or finite.dtype != np.bool_):
+            raise ValueError(
+                f"finite must be ({shape[0]},) bool, got {finite.shape} {finite.dtype}"
+            )
+        with np.errstate(over="ignore", invalid="ignore"):
+            for row, arrays in enumerate(models):
+                total = 0.0
+                for spec in self.specs:
+                    if not spec.aggregated:
+                        continue
+                    source = arrays[spec.key].reshape(-1)  # a view
+                    for start in range(0, spec.size, _BLOCK):
+                        stop = min(start + _BLOCK, spec.size)
+                        target = out[row, spec.offset + start : spec.offset + stop]
+                        # numpy casts (float16, byte order) while copying
+                        if minus is None:
+                            target[...] = source[start:stop]
+                        else:
+                            lo = spec.offset + start
+                            np.subtract(
+                                source[start:stop], minus[lo : lo + stop - start], out=target
+                            )
+                        if finite is not None:
+                            total += float(torch.from_numpy(target).sum())  # faster than numpy
+                if finite is not None:
+                    finite[row] = math.isfinite(total) or bool(np.isfinite(out[row]).all())
         tensor = torch.from_numpy(out)
         if device is not None and tensor.device != torch.device(device):
             tensor = tensor.to(device)
