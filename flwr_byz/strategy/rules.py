@@ -31,6 +31,8 @@ class RobustBase:
             see :mod:`flwr_byz.strategy.server_update`.
         on_too_few: ``"keep"`` the model unchanged or ``"raise"`` when too few usable replies.
         honest_node_ids: node ids known honest (settable later) for the honest-only metrics.
+        track_participation: compute each reply's share of the aggregate every round
+            (``last_round_report.participation``); on anyway when ``honest_node_ids`` is set.
         **fedavg_kwargs: the FedAvg's own keywords (sampling, keys, ...).
     """
 
@@ -51,6 +53,7 @@ class RobustBase:
         clip_norm: float | None = None,
         on_too_few: str = "keep",
         honest_node_ids: Collection[int] | None = None,
+        track_participation: bool = False,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
@@ -74,6 +77,7 @@ class RobustBase:
             ),
             on_too_few=on_too_few,
             honest_node_ids=honest_node_ids,
+            track_participation=track_participation,
         )
 
     def __repr__(self) -> str:

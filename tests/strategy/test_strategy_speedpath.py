@@ -198,3 +198,22 @@ def test_stack_reports_finite_rows_exactly() -> None:
     assert finite.tolist() == torch.isfinite(stacked).all(dim=1).tolist()
     with pytest.raises(ValueError, match="finite must be"):
         layout.stack(rows, finite=np.zeros(2, np.bool_))
+
+
+@pytest.mark.parametrize("api", ["message", "legacy"])
+def test_strategy_keyword_track_participation_reaches_the_engine(api: str) -> None:
+    """``track_participation`` on a strategy class turns the per-round participation on."""
+    from flwr_byz.strategy import Median, legacy
+
+    cls = Median if api == "message" else legacy.Median
+    model = _model(np.random.default_rng(0))
+    replies = _replies(model)
+    subs = [Submission(node_id=i + 1, arrays=r) for i, r in enumerate(replies)]
+    for track in (False, True):
+        strategy = cls(num_byzantine=F, device="cpu", track_participation=track)
+        strategy.aggregator.set_global(model)
+        _, report = strategy.aggregator.aggregate(1, subs)
+        # Median participation: each coordinate's kept values, so the shares sum to one.
+        assert bool(report.participation) is track
+        if track:
+            assert sum(report.participation.values()) == pytest.approx(1.0)
