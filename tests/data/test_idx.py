@@ -110,7 +110,7 @@ def test_missing_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_shared_full_mnist_if_present() -> None:
-    root = Path("/work/shared/data/mnist")
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"  # beside the repo
     if not (root / "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("the full MNIST files are not on this machine")
     labels = data.read_idx(root / "t10k-labels-idx1-ubyte.gz", 1)
