@@ -8,12 +8,20 @@ strategies call them: Krum / Multi-Krum = ``select_multikrum`` (+ ``aggregate_ar
 Bulyan = ``select_multikrum(theta)`` + ``np.median`` + ``aggregate_n_closest_weights``,
 median = ``np.median`` of the stacked layers (FedMedian), trimmed mean = ``fedtrimmedavg.trim_mean``
 with beta = f / n. Times are medians of repeated runs, in seconds; a markdown table is printed.
+
+``--ratios``: every rule, the bare Gram product ``x @ x.T`` and one streaming read (``x.sum()``)
+interleaved in one loop; prints each rule's time over the median's and over the Gram product's.
+``--memory``: each rule in a fresh subprocess (1 thread): peak resident memory (VmHWM) after the
+rule minus the peak after allocating the input, over the input's size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -86,6 +94,83 @@ def _f_for(name: str, n: int) -> int:
     return 2 if name == "brute" else gars.get(name).max_f(n)
 
 
+def _rows(n: int, d: int, seed: int) -> torch.Tensor:
+    """The benchmark's (n, d) float32 input, built row by row (no (n, d) temporaries)."""
+    generator = torch.Generator().manual_seed(seed)
+    common = torch.randn(d, generator=generator) * 0.05
+    x = torch.empty(n, d)
+    for i in range(n):
+        torch.randn(d, generator=generator, out=x[i]).mul_(0.01).add_(common)
+    return x
+
+
+def _ratio_times(x: torch.Tensor, rules: list[str], repeats: int) -> dict[str, tuple[float, float]]:
+    n = x.shape[0]
+    fns: dict[str, Callable[[], object]] = {"read": lambda: x.sum(), "gram": lambda: x @ x.T}
+    for name in rules:
+        f = _f_for(name, n)
+        fns[name] = lambda name=name, f=f: gars.get(name).fn(x, f)
+    return _time_interleaved(fns, repeats, lambda: None)
+
+
+def _ratios(rules: list[str], sizes: list[tuple[int, int]], repeats: int | None) -> None:
+    """Each rule's time over the coordinate-wise median's and over the bare Gram product's."""
+    print("| rule | n | d | f | med s | / median | / Gram |")
+    print("|---|---|---|---|---|---|---|")
+    for n, d in sizes:
+        x = _rows(n, d, n + d)
+        times = _ratio_times(x, rules, repeats or (5 if d <= 100_000 else 3))
+        median = times["median"][0] if "median" in times else float("nan")
+        gram = times["gram"][0]
+        for name, (value, _) in times.items():
+            f = _f_for(name, n) if name in rules else "-"
+            print(
+                f"| {name} | {n} | {d:.0e} | {f} | {value:.4f} | {value / median:.2f} "
+                f"| {value / gram:.2f} |"
+            )
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _memory_child(name: str, n: int, d: int, track: bool = False) -> None:
+    """Run in a fresh process: print the JSON peak memory of one rule over its input
+    (``track``: ``Rule.aggregate``, with participation, as the strategies call it)."""
+    torch.set_num_threads(1)
+    x = _rows(n, d, n + d)
+    base = _peak_bytes()
+    start = time.perf_counter()
+    rule = gars.get(name)
+    rule.aggregate(x, _f_for(name, n)) if track else rule.fn(x, _f_for(name, n))
+    seconds = time.perf_counter() - start
+    extra = _peak_bytes() - base
+    print(json.dumps({"extra": extra, "input": x.numel() * x.element_size(), "s": seconds}))
+
+
+def _memory(rules: list[str], sizes: list[tuple[int, int]], track: bool = False) -> None:
+    """Peak extra memory of each rule over its input, one fresh subprocess per case."""
+    print("| rule | n | d | input GB | peak extra GB | extra / input | s (1 run) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, d in sizes:
+        for name in rules:
+            case = f"{name},{n},{d}" + (",track" if track else "")
+            child = [sys.executable, __file__, "--memory-child", case]
+            done = subprocess.run(child, capture_output=True, text=True, check=False)
+            if done.returncode:
+                print(f"| {name} | {n} | {d:.0e} | failed: {done.stderr.strip()[-200:]} |")
+                continue
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+            print(
+                f"| {name} | {n} | {d:.0e} | {got['input'] / 1e9:.2f} | {got['extra'] / 1e9:.3f} "
+                f"| {got['extra'] / got['input']:.3f} | {got['s']:.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 1e5 only")
@@ -97,7 +182,15 @@ def main() -> None:
     parser.add_argument(
         "--d", default=None, help="comma-separated dimensions (default per --quick)"
     )
+    parser.add_argument("--ratios", action="store_true", help="rule / median, rule / Gram")
+    parser.add_argument("--memory", action="store_true", help="peak extra memory / input")
+    parser.add_argument("--track", action="store_true", help="--memory of Rule.aggregate")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        name, n, d, *track = args.memory_child.split(",")
+        _memory_child(name, int(n), int(float(d)), bool(track))
+        return
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rules = args.rules.split(",")
@@ -106,6 +199,12 @@ def main() -> None:
         dims = [int(float(value)) for value in args.d.split(",")]
     sizes = [(int(n), d) for d in dims for n in args.n.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    if args.memory:
+        _memory(rules, sizes, args.track)
+        return
+    if args.ratios:
+        _ratios(rules, sizes, args.repeats)
+        return
     print("| rule | n | d | f | ours med (min) s | Flower med (min) s | ours/Flower med (min) |")
     print("|---|---|---|---|---|---|---|")
     bulyan_rows = []

@@ -11,6 +11,8 @@ paper's variant.
    without participation tracking (the plain ``bulyan`` function) and a finite selection, only the
    middle order statistics are computed (``_columns.median_window_mean``); columns with an exact
    distance tie between two different values are redone by the general path (lowest row index).
+   Both paths work through column blocks of the selected rows (``_columns.run_blocks``), so the
+   step's extra memory is the blocks' temporaries and the (d,) output, not a copy of S.
 
 variant="bulyan": theta = n - 2f, beta = theta - 2f. variant="momentum" (El-Mhamdi et al. 2020):
 theta = n - 2f - 2 selected with the selector, beta = n - 4f - 2. Both need n >= 4f + 3.
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require
-from ._columns import median_window_mean, nearest_mean, shares
+from ._columns import median_window_mean, nearest_mean, run_blocks
 from ._distances import pairwise_squared_distances
 from ._types import Aggregation
 from .brute import check_subset_count, smallest_diameter_subset
@@ -139,10 +141,18 @@ def _bulyan_impl(
         and bool(usable[selected].all())
     ):
         return Aggregation(_fast_coordinate_step(vectors, selected, beta), selected, None)  # type: ignore[arg-type]
-    pool = vectors.index_select(0, selected.to(vectors.device))
-    center, _, ordered, order = median_of(pool, track)
-    value, rows = nearest_mean(pool, ordered, order, center, beta)
-    share = shares(n, selected[rows.reshape(-1).cpu()]) if rows is not None else None
+    index = selected.to(vectors.device)
+
+    def step(cols: slice) -> tuple[Tensor, Tensor | None]:
+        pool = vectors[:, cols].index_select(0, index)  # one column block of the selection
+        center, _, ordered, order = median_of(pool, track)
+        value, rows = nearest_mean(pool, ordered, order, center, beta)
+        if rows is None:
+            return value, None
+        used = selected[rows.reshape(-1).cpu()]
+        return value, torch.bincount(used, minlength=n).to(torch.float64)
+
+    value, share = run_blocks(step, vectors.shape[1], vectors.device)
     return Aggregation(value.to(vectors.device, vectors.dtype), selected, share)
 
 

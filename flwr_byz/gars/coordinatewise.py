@@ -1,27 +1,39 @@
 """Coordinate-wise rules: median, trimmed mean (Trmean_b), Phocas_b, MeaMed.
 
 Trimmed mean and Phocas follow Xie, Koyejo, Gupta, "Phocas" (2018), Def. 7 and 8; MeaMed averages
-the n-f values nearest to the median. Every rule works on all coordinates at once (one sort per
-call, see ``_columns``). NaN/inf count as the most extreme values of their coordinate (see
-``_checks.extremes_as_inf``): with at most f (b) of them per coordinate the output is finite.
-Exact distance ties between different values go to the lowest row index.
+the n-f values nearest to the median. Every rule works through column blocks (``_columns.
+run_blocks``: ~16k columns on CPU, cache-resident), so its extra memory is the blocks' temporaries
+and the (d,) output, not a sorted copy of the input. NaN/inf count as the most extreme values of
+their coordinate (see ``_checks.extremes_as_inf``, applied per block): with at most f (b) of them
+per coordinate the output is finite. Exact distance ties between different values go to the
+lowest row index. Without participation tracking Phocas and MeaMed take the window of the n - b
+(n - f) nearest values from the sorted block directly (``_columns.sorted_window_mean``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 
 from ._checks import check_inputs, extremes_as_inf, require
 from ._columns import (
+    column_blocks,
     mean_over_rows,
     middle_positions,
     middle_value,
+    nearest_by_row_index,
     nearest_mean,
-    shares,
+    run_blocks,
+    sorted_block,
     sorted_columns,
-    window_shares,
+    sorted_window_mean,
+    window_counts,
 )
 from ._types import Aggregation
+
+_Step = Callable[[slice], tuple[Tensor, Tensor | None]]
 
 
 def _b_or_f(rule: str, b: int | None, f: int) -> int:
@@ -32,14 +44,33 @@ def _b_or_f(rule: str, b: int | None, f: int) -> int:
     return b
 
 
-def _result(vectors: Tensor, value: Tensor, rows: Tensor | None) -> Aggregation:
-    n = vectors.shape[0]
-    share = shares(n, rows) if rows is not None else None
+def _block_keys(rule: str, vectors: Tensor, tolerance: int) -> Callable[[slice], Tensor]:
+    """The sort keys of a column block (``extremes_as_inf`` per block), after checking the whole
+    input once for columns with more than ``tolerance`` NaN/inf (same error as unblocked)."""
+    if bool(torch.isfinite(vectors.sum())):
+        return lambda cols: vectors[:, cols]
+    worst, column = 0, 0
+    for cols in column_blocks(vectors.shape[1], vectors.device):
+        count = (~torch.isfinite(vectors[:, cols])).sum(dim=0)
+        top = int(count.max())
+        if top > worst:
+            worst, column = top, cols.start + int(torch.argmax(count))
+    if worst > tolerance:
+        extremes_as_inf(rule, vectors[:, column : column + 1], tolerance)  # raises
+    return lambda cols: extremes_as_inf(rule, vectors[:, cols], tolerance)
+
+
+def _run(vectors: Tensor, step: _Step) -> Aggregation:
+    value, share = run_blocks(step, vectors.shape[1], vectors.device)
     return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
 
 
+def _row_counts(n: int, rows: Tensor) -> Tensor:
+    return torch.bincount(rows.reshape(-1).to(torch.int64), minlength=n).to(torch.float64)
+
+
 def median_of(keys: Tensor, track: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-    """Coordinate-wise median of sort keys (mean of the two middle values for even n).
+    """Coordinate-wise median of sort keys (mean of the two middle values for even n), unblocked.
 
     Returns (median (d,), rows used (1 or 2, d) or None, sorted keys, their order or None).
     """
@@ -49,21 +80,62 @@ def median_of(keys: Tensor, track: bool) -> tuple[Tensor, Tensor | None, Tensor,
     return middle_value(ordered), rows, ordered, order
 
 
+def _window_rule(
+    vectors: Tensor, keys: Callable[[slice], Tensor], lo: int, hi: int, track: bool
+) -> Aggregation:
+    """Median (positions lo..hi-1 the middle ones) or trimmed mean: mean of sorted positions."""
+    n = vectors.shape[0]
+    middle = middle_positions(n)
+    is_median = (lo, hi) == (middle.start, middle.stop)
+
+    def step(cols: slice) -> tuple[Tensor, Tensor | None]:
+        block = keys(cols)
+        ordered = sorted_block(block)
+        value = middle_value(ordered) if is_median else mean_over_rows(ordered[lo:hi])
+        counts = window_counts(block, ordered, lo, hi, chunk=block.shape[1]) if track else None
+        return value, counts
+
+    return _run(vectors, step)
+
+
+def _nearest_rule(
+    vectors: Tensor,
+    keys: Callable[[slice], Tensor],
+    b: int,
+    k: int,
+    around_median: bool,
+    track: bool,
+) -> Aggregation:
+    """Mean of the k values nearest to the median (MeaMed) or to Trmean_b (Phocas)."""
+    n = vectors.shape[0]
+
+    def center_of(ordered: Tensor) -> Tensor:
+        return middle_value(ordered) if around_median else mean_over_rows(ordered[b : n - b])
+
+    def step(cols: slice) -> tuple[Tensor, Tensor | None]:
+        block = keys(cols)
+        if track:
+            ordered, order = sorted_columns(block, True)
+            value, rows = nearest_mean(block, ordered, order, center_of(ordered), k)
+            return value, _row_counts(n, rows)  # type: ignore[arg-type]
+        ordered = sorted_block(block)
+        center = center_of(ordered)
+        value, tied = sorted_window_mean(ordered, center, k)
+        if bool(tied.any()):
+            columns = torch.nonzero(tied, as_tuple=True)[0]
+            sub = block[:, columns.to(block.device)].to(ordered.device, ordered.dtype)
+            value[columns], _ = nearest_by_row_index(sub, center[columns], k)
+        return value, None
+
+    return _run(vectors, step)
+
+
 def _median_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("median", vectors, f)
     require("median", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    keys = extremes_as_inf("median", vectors, f)
-    value, _, ordered, _ = median_of(keys, track=False)
+    keys = _block_keys("median", vectors, f)
     middle = middle_positions(n)
-    share = window_shares(keys, ordered, middle.start, middle.stop) if track else None
-    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
-
-
-def _trim(keys: Tensor, b: int, track: bool):
-    n = keys.shape[0]
-    ordered, order = sorted_columns(keys, track)
-    rows = order[b : n - b] if order is not None else None
-    return mean_over_rows(ordered[b : n - b]), rows, ordered, order
+    return _window_rule(vectors, keys, middle.start, middle.stop, track)
 
 
 def _trimmed_mean_impl(
@@ -72,10 +144,8 @@ def _trimmed_mean_impl(
     n, _, f = check_inputs("trimmed_mean", vectors, f)
     b = _b_or_f("trimmed_mean", b, f)
     require("trimmed_mean", n, f, n >= 2 * b + 1, f"n >= 2b + 1 with b={b}")
-    keys = extremes_as_inf("trimmed_mean", vectors, b)
-    value, _, ordered, _ = _trim(keys, b, track=False)
-    share = window_shares(keys, ordered, b, n - b) if track else None
-    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
+    keys = _block_keys("trimmed_mean", vectors, b)
+    return _window_rule(vectors, keys, b, n - b, track)
 
 
 def _phocas_impl(
@@ -84,19 +154,15 @@ def _phocas_impl(
     n, _, f = check_inputs("phocas", vectors, f)
     b = _b_or_f("phocas", b, f)
     require("phocas", n, f, n >= 2 * b + 1, f"n >= 2b + 1 with b={b}")
-    keys = extremes_as_inf("phocas", vectors, b)
-    trimmed, _, ordered, order = _trim(keys, b, track)
-    value, rows = nearest_mean(keys, ordered, order, trimmed, n - b)
-    return _result(vectors, value, rows)
+    keys = _block_keys("phocas", vectors, b)
+    return _nearest_rule(vectors, keys, b, n - b, False, track)
 
 
 def _meamed_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("meamed", vectors, f)
     require("meamed", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    keys = extremes_as_inf("meamed", vectors, f)
-    med, _, ordered, order = median_of(keys, track)
-    value, rows = nearest_mean(keys, ordered, order, med, n - f)
-    return _result(vectors, value, rows)
+    keys = _block_keys("meamed", vectors, f)
+    return _nearest_rule(vectors, keys, f, n - f, True, track)
 
 
 def median(vectors: Tensor, f: int) -> Tensor:
