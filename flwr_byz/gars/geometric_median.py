@@ -3,7 +3,8 @@ point of El Mhamdi et al., ICML 2018, not restricted to the inputs).
 
 Computed in float64 on rows centred on their coordinate-wise median (so a shared large component
 costs no precision). Iteration: ``z <- sum_i w_i x_i / sum_i w_i`` with
-``w_i = 1 / max(eps, |x_i - z|)``, from the coordinate-wise median (the centre), until
+``w_i = 1 / max(eps, |x_i - z|)``, from the coordinate-wise median (the centre); an iterate on a
+data point (within eps) takes Vardi and Zhang's step instead, so it is not trapped there; until
 ``|z_new - z| <= tol * mean_i |x_i - z_new|`` (a relative, translation-free
 tolerance) or ``max_iter`` iterations. Rows with NaN/inf get weight 0 (at most f).
 """
@@ -47,9 +48,13 @@ def weiszfeld(
     sq = squared_distances(point)
     weights = torch.full_like(sq, 1.0 / sq.numel())
     for _ in range(max_iter):
-        weights = 1.0 / sq.sqrt().clamp_min(eps)
+        distances = sq.sqrt()
+        weights = 1.0 / distances.clamp_min(eps)
         weights = weights / weights.sum()
         new_point = weights @ active
+        on_point = distances <= eps
+        if bool(on_point.any()):
+            new_point = _leave_data_point(active, point, distances, on_point)
         step = (new_point - point).norm()
         point = new_point
         sq = squared_distances(point)
@@ -58,6 +63,29 @@ def weiszfeld(
     full = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
     full[usable] = weights
     return point, full
+
+
+def _leave_data_point(active: Tensor, point: Tensor, distances: Tensor, on_point: Tensor) -> Tensor:
+    """Vardi and Zhang's step (PNAS 2000) when the iterate sits on data points (within eps).
+
+    Plain (smoothed) Weiszfeld is trapped there: the coinciding rows' weight ``1/eps`` pins the
+    iterate, although the median lies elsewhere unless the other rows' pull ``r`` is at most their
+    count ``eta``. The step ``(1 - eta/r)+ T + min(1, eta/r) point`` (``T`` the Weiszfeld point of
+    the other rows) leaves exactly when it should, so the result does not depend on where the
+    start (the coordinate-wise median, often a data point) happens to fall.
+    """
+    far = ~on_point
+    if not bool(far.any()):
+        return point
+    inverse = 1.0 / distances[far]
+    others = active[far]
+    target = (inverse @ others) / inverse.sum()
+    pull = (inverse @ (others - point)).norm()
+    eta = float(on_point.sum())
+    if pull <= eta:
+        return point
+    keep = eta / pull
+    return (1.0 - keep) * target + keep * point
 
 
 def _check_options(eps: float, tol: float, max_iter: int) -> None:

@@ -161,3 +161,29 @@ def test_pairwise_distances_relative_accuracy_on_attack_shaped_rounds(case):
     zero = exact == 0
     assert bool((ours[zero] == 0).all())
     assert float(((ours - exact).abs()[~zero] / exact[~zero]).max()) < 1e-6
+
+
+def test_geometric_median_is_not_trapped_on_a_starting_data_point() -> None:
+    """The coordinate-wise median (Weiszfeld's start) is row 2 here, but the geometric median is
+    not: the other rows' unit pull at row 2 has norm 1.0126 > 1 (its subgradient condition), so the
+    result must leave row 2 and beat it on the objective, at any scale (found by hypothesis)."""
+    x = np.array(
+        [
+            [1.70526959, 2.89355229, -0.82914176],
+            [-5.86184204, 3.27787738, -0.29703166],
+            [-2.34524988, 1.78974631, -0.67247331],
+            [1.46912539, -0.74692271, 0.16348445],
+            [-3.26088479, -1.62506649, -4.55847422],
+        ]
+    )
+    pull = sum((x[2] - x[i]) / np.linalg.norm(x[2] - x[i]) for i in (0, 1, 3, 4))
+    assert np.linalg.norm(pull) > 1.0
+
+    def objective(z: np.ndarray, rows: np.ndarray) -> float:
+        return float(np.linalg.norm(rows - z, axis=1).sum())
+
+    for scale in (1.0, 36.0):
+        rows = x * scale
+        z = gars.geometric_median(torch.from_numpy(rows), 0, tol=1e-12, max_iter=10_000).numpy()
+        assert objective(z, rows) < objective(rows[2], rows) - 1e-6 * scale
+        assert np.linalg.norm(z - rows[2]) > 1e-3 * scale
