@@ -9,13 +9,18 @@ from flwr_byz.strategy.core import (
     RoundReport,
     Submission,
     TooFewRepliesError,
+    normalize_pre,
     resolve_device,
+    round_seed,
 )
 from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.message_api import (
     Average,
     Brute,
     Bulyan,
+    CenteredClipping,
+    DnC,
+    FLTrust,
     GeometricMedian,
     Krum,
     MeaMed,
@@ -46,12 +51,22 @@ STRATEGIES: dict[str, type[RobustStrategy]] = {
     )
 }
 
+#: Strategy classes of the rules beyond the seeds (``flwr_byz.gars.BEYOND_NAMES``), kept out of
+#: ``STRATEGIES`` (its size and content are relied on): FLTrust needs ``server_update_fn``.
+BEYOND_STRATEGIES: dict[str, type[RobustStrategy]] = {
+    cls.rule_name: cls for cls in (CenteredClipping, FLTrust, DnC)
+}
+
 __all__ = [
+    "BEYOND_STRATEGIES",
     "STRATEGIES",
     "UPDATE_MODES",
     "Average",
     "Brute",
     "Bulyan",
+    "CenteredClipping",
+    "DnC",
+    "FLTrust",
     "GeometricMedian",
     "Krum",
     "MeaMed",
@@ -68,5 +83,7 @@ __all__ = [
     "Submission",
     "TooFewRepliesError",
     "TrimmedMean",
+    "normalize_pre",
     "resolve_device",
+    "round_seed",
 ]

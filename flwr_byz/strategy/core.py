@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -28,6 +28,7 @@ from flwr.common.logger import log
 
 from flwr_byz import gars
 from flwr_byz import metrics as round_metrics
+from flwr_byz.gars import preaggregation
 from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
 
@@ -37,8 +38,16 @@ __all__ = [
     "RoundReport",
     "Submission",
     "TooFewRepliesError",
+    "normalize_pre",
     "resolve_device",
+    "round_seed",
 ]
+
+#: ``server_update_fn(global_arrays, server_round) -> update arrays`` (FLTrust's ``g_0``)
+ServerUpdateFn = Callable[[dict[str, np.ndarray], int], Mapping[str, Any]]
+
+#: rules whose per-round options the engine supplies (state, server update, seed)
+_STATEFUL_RULES = ("centered_clipping", "fltrust", "dnc")
 
 ON_TOO_FEW = ("keep", "raise")
 
@@ -47,6 +56,60 @@ def _all_finite(vector: torch.Tensor) -> bool:
     """Whether all values are finite: one sum (NaN and inf propagate), the exact check only when
     the sum is not finite (a non-finite value, or finite values whose sum overflows)."""
     return bool(torch.isfinite(vector.sum())) or bool(torch.isfinite(vector).all())
+
+
+def round_seed(seed: int, server_round: int) -> int:
+    """The seed a seeded step (bucketing, DnC) uses in ``server_round``: a fresh, deterministic
+    draw per round from ``(seed, server_round)`` (numpy's ``SeedSequence``)."""
+    state = np.random.SeedSequence([int(seed), int(server_round)]).generate_state(1, np.uint32)
+    return int(state[0])
+
+
+def normalize_pre(
+    pre: Sequence[preaggregation.Step] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The pre-aggregation chain as ``[(name, options), ...]``, each step checked.
+
+    A step is a name, ``(name, options)`` or ``{"name": name, **options}``. An unknown name, or
+    options the step refuses (unknown keyword, bad value, ``clip`` without ``c``), raise a
+    ``ValueError`` naming the step; the options are tried on a small dummy input.
+    """
+    if pre is None:
+        return []
+    if isinstance(pre, (str, Mapping)) or not isinstance(pre, Sequence):
+        raise ValueError(f"pre must be a list of steps, got {pre!r}")
+    steps: list[tuple[str, dict[str, Any]]] = []
+    for index, step in enumerate(pre):
+        try:
+            name, options = preaggregation._parse_step(step)
+        except TypeError as err:
+            raise ValueError(f"pre step {index}: {err}") from None
+        impl = preaggregation.PRE_REGISTRY[name]
+        try:
+            inspect.signature(impl).bind(None, 0, **options)
+        except TypeError as err:
+            raise ValueError(
+                f"pre step {index} ({name!r}): bad options {options!r}: {err}"
+            ) from None
+        try:  # the values (c > 0, s >= 1, ...) on a dummy input (a generator is left unused)
+            dummy = {**options, "generator": None} if "generator" in options else options
+            impl(torch.ones(3, 2, dtype=torch.float64), 0, **dummy)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"pre step {index} ({name!r}): {err}") from None
+        steps.append((name, options))
+    return steps
+
+
+def _chain_min_n(steps: Sequence[tuple[str, Mapping[str, Any]]], rows: int, f: int) -> int:
+    """Smallest n for which the chain gives at least ``rows`` rows (and arc/nnm get n > f)."""
+    n = max(rows, 1)
+    for name, options in reversed(steps):
+        if name == "bucketing":
+            s = int(options.get("s", 2))
+            n = (n - 1) * s + 1
+        elif name in ("arc", "nnm"):
+            n = max(n, f + 1)
+    return n
 
 
 class TooFewRepliesError(RuntimeError):
@@ -149,6 +212,18 @@ class RobustAggregator:
             (``RoundReport.participation``) even without ``honest_node_ids``. Participation costs
             more than some rules themselves (index sorts), so it is computed only when used: with
             ``honest_node_ids`` set (``byzantine-influence``) or this option on.
+        pre: pre-aggregation chain run on the accepted vectors before the rule, with the rule's
+            ``f'`` (see :func:`normalize_pre`; e.g. ``["arc", ("nnm", {})]``). Participation is
+            mapped back to the nodes; ``selected-nodes`` only when every step is one to one.
+            A ``bucketing`` step draws a fresh permutation per round (``round_seed``).
+        server_update_fn: FLTrust's ``g_0``: ``fn(global_arrays, server_round)`` returns the
+            server's update on its root data (same keys and shapes as the model's float arrays,
+            in the form of the replies' vectors: a delta in weights mode, a gradient in gradient
+            mode). Required by ``fltrust``, refused by the other rules.
+
+    Rule state: ``centered_clipping`` starts each round from the previous round's output (0 at
+    first, and after a layout change); :meth:`state_dict` / :meth:`load_state_dict` checkpoint it
+    with the server momentum. ``dnc`` draws its coordinates with ``round_seed(seed, round)``.
     """
 
     def __init__(
@@ -161,6 +236,8 @@ class RobustAggregator:
         on_too_few: str = "keep",
         honest_node_ids: Collection[int] | None = None,
         track_participation: bool = False,
+        pre: Sequence[preaggregation.Step] | None = None,
+        server_update_fn: ServerUpdateFn | None = None,
     ) -> None:
         if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int):
             raise TypeError(f"num_byzantine must be an int, got {type(num_byzantine).__name__}")
@@ -171,7 +248,15 @@ class RobustAggregator:
         self.rule = gars.get(rule)
         self.num_byzantine = num_byzantine
         self.rule_options: dict[str, Any] = dict(rule_options or {})
-        self.min_replies = self.rule.min_n(num_byzantine, **self.rule_options)  # checks options
+        #: the pre-aggregation chain, checked: ``[(name, options), ...]``
+        self.pre: list[tuple[str, dict[str, Any]]] = normalize_pre(pre)
+        if self.rule.name == "fltrust" and not callable(server_update_fn):
+            raise ValueError("fltrust needs server_update_fn(global_arrays, server_round)")
+        if self.rule.name != "fltrust" and server_update_fn is not None:
+            raise ValueError(f"server_update_fn is for fltrust only, not {self.rule.name}")
+        self.server_update_fn = server_update_fn
+        self.min_replies = self._min_n(num_byzantine)  # checks options
+        self._center: torch.Tensor | None = None  # centered_clipping's previous output
         self.device = resolve_device(device)
         self.update = update or ServerUpdateConfig()
         self.optimizer = ServerOptimizer(self.update)
@@ -183,7 +268,9 @@ class RobustAggregator:
         # plain ``gars`` function's (same code path), plus the selection of the selecting rules
         impl = getattr(self.rule, "_impl", None)
         self._untracked_impl = (
-            impl if impl is not None and "track" in inspect.signature(impl).parameters else None
+            impl
+            if impl is not None and not self.pre and "track" in inspect.signature(impl).parameters
+            else None
         )
         #: client metric keys left out of the round metrics (the self-reported example count)
         self.client_metrics_exclude: frozenset[str] = frozenset({"num-examples"})
@@ -194,6 +281,88 @@ class RobustAggregator:
         self._theta: torch.Tensor | None = None  # flat global model, kept for the round
 
     # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The state carried across rounds, for checkpointing: ``center`` (centered_clipping's
+        previous output) and ``momentum`` (the server momentum buffer), numpy arrays or None."""
+
+        def host(tensor: torch.Tensor | None) -> np.ndarray | None:
+            return None if tensor is None else tensor.detach().cpu().numpy().copy()
+
+        return {"center": host(self._center), "momentum": host(self.optimizer.momentum_buffer)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (missing keys: that state is cleared)."""
+
+        def device(value: Any) -> torch.Tensor | None:
+            if value is None:
+                return None
+            return torch.as_tensor(np.asarray(value)).reshape(-1).to(self.device)
+
+        unknown = set(state) - {"center", "momentum"}
+        if unknown:
+            raise ValueError(f"unknown state keys {sorted(unknown)}")
+        self._center = device(state.get("center"))
+        self.optimizer.momentum_buffer = device(state.get("momentum"))
+
+    @property
+    def center(self) -> torch.Tensor | None:
+        """centered_clipping's center for the next round (the last output), or None (= 0)."""
+        return self._center
+
+    @property
+    def label(self) -> str:
+        """The rule's name, after the chain's steps when there are some (``"arc+nnm+krum"``)."""
+        return "+".join([name for name, _ in self.pre] + [self.rule.name])
+
+    def _min_n(self, f: int) -> int:
+        """Smallest number of accepted replies the chain and the rule accept for ``f``."""
+        needed = self.rule.min_n(f, **self.rule_options)
+        return _chain_min_n(self.pre, needed, f) if self.pre else needed
+
+    def _round_options(self, server_round: int, layout: ModelLayout) -> dict[str, Any]:
+        """The rule's options of this round: state, server update and seeds the engine adds."""
+        options = dict(self.rule_options)
+        name = self.rule.name
+        if name == "centered_clipping":
+            center = self._center
+            if center is not None and center.numel() != layout.dim:
+                center = self._center = None  # the layout changed: start from 0
+            options["center"] = center
+        elif name == "dnc":
+            options["seed"] = round_seed(options.get("seed") or 0, server_round)
+        elif name == "fltrust":
+            options["server_update"] = self._server_update(server_round, layout)
+        return options
+
+    def _server_update(self, server_round: int, layout: ModelLayout) -> torch.Tensor:
+        """FLTrust's ``g_0``, flattened with the model's layout (float64, on the device)."""
+        assert self.server_update_fn is not None and self._global is not None
+        update = self.server_update_fn(dict(self._global), server_round)
+        parts: list[np.ndarray] = []
+        for spec in layout.specs:
+            if not spec.aggregated:
+                continue
+            if spec.key not in update:
+                raise ValueError(f"server_update_fn returned no array {spec.key!r}")
+            value = np.asarray(update[spec.key], dtype=np.float64)
+            if tuple(value.shape) != spec.shape:
+                raise ValueError(
+                    f"server_update_fn: {spec.key!r} has shape {tuple(value.shape)}, "
+                    f"expected {spec.shape}"
+                )
+            parts.append(value.reshape(-1))
+        flat = np.concatenate(parts) if parts else np.zeros(0)
+        return torch.from_numpy(flat).to(self.device)
+
+    def _round_pre(self, server_round: int) -> list[tuple[str, dict[str, Any]]]:
+        """The chain of this round: bucketing's permutation seeded per round."""
+        steps = []
+        for name, options in self.pre:
+            if name == "bucketing" and options.get("generator") is None:
+                options = {**options, "seed": round_seed(options.get("seed") or 0, server_round)}
+            steps.append((name, options))
+        return steps
+
     @property
     def honest_node_ids(self) -> frozenset[int] | None:
         """Node ids known to be honest, or None (honest-only metrics off)."""
@@ -220,6 +389,7 @@ class RobustAggregator:
             (s.key, s.shape, s.dtype) for s in self._layout.specs
         ]:
             self.optimizer.reset()
+            self._center = None
         self._global = dict(arrays)
         self._layout = layout
         self._theta = None  # flattened once, on first use
@@ -250,11 +420,23 @@ class RobustAggregator:
             self._theta = layout.flatten(global_arrays)
         return self._theta
 
-    def _run_rule(self, vectors: torch.Tensor, f: int, track: bool) -> gars.Aggregation:
-        """The rule's aggregation; participation only when ``track`` (else it may be None)."""
+    def _run_rule(
+        self, vectors: torch.Tensor, f: int, track: bool, server_round: int = 0
+    ) -> gars.Aggregation:
+        """The chain and the rule; participation only when ``track`` (else it may be None)."""
+        layout = self._layout
+        options = (
+            self._round_options(server_round, layout)
+            if layout is not None and self.rule.name in _STATEFUL_RULES
+            else self.rule_options
+        )
+        if self.pre:
+            return preaggregation.aggregate_chain(
+                vectors, f, self._round_pre(server_round), self.rule, **options
+            )
         if track or self._untracked_impl is None:
-            return self.rule.aggregate(vectors, f, **self.rule_options)
-        return self._untracked_impl(vectors, f, track=False, **self.rule_options)
+            return self.rule.aggregate(vectors, f, **options)
+        return self._untracked_impl(vectors, f, track=False, **options)
 
     def learning_rate_at(self, server_round: int) -> float:
         """The server learning rate ``eta_t`` of this round."""
@@ -356,13 +538,13 @@ class RobustAggregator:
         report.learning_rate = self.learning_rate_at(server_round)
 
         # 3. the rule
-        needed = self.rule.min_n(f, **self.rule_options)
+        needed = self._min_n(f)
         agg_seconds = 0.0
         aggregation = None
         track = self.tracks_participation
         if n == 0 or n < needed:
             report.reason_kept = (
-                f"{self.rule.name} needs n >= {needed} usable replies for f={f}, got n={n} "
+                f"{self.label} needs n >= {needed} usable replies for f={f}, got n={n} "
                 f"({len(report.excluded)} excluded or missing of "
                 f"{len(submissions) + report.dropouts}; declared f={self.num_byzantine}, "
                 f"{len(report.faulty_node_ids)} proven faulty)"
@@ -370,14 +552,14 @@ class RobustAggregator:
         else:
             start = time.perf_counter()
             try:
-                aggregation = self._run_rule(vectors, f, track)
+                aggregation = self._run_rule(vectors, f, track, server_round)
                 if aggregation.vector.device.type == "cuda":
                     torch.cuda.synchronize(aggregation.vector.device)
             except ValueError as err:
-                report.reason_kept = f"{self.rule.name} refused the round: {err}"
+                report.reason_kept = f"{self.label} refused the round: {err}"
             agg_seconds = time.perf_counter() - start
             if aggregation is not None and not _all_finite(aggregation.vector):
-                report.reason_kept = f"{self.rule.name} returned a non-finite aggregate"
+                report.reason_kept = f"{self.label} returned a non-finite aggregate"
                 aggregation = None
 
         new_theta = None
@@ -388,6 +570,8 @@ class RobustAggregator:
                 self.optimizer.momentum_buffer = saved_buffer
                 report.reason_kept = "the server step overflowed to non-finite values"
                 aggregation, new_theta = None, None
+            elif self.rule.name == "centered_clipping":
+                self._center = aggregation.vector.detach().clone()
 
         if aggregation is None or new_theta is None:
             report.kept_model = True
@@ -409,7 +593,7 @@ class RobustAggregator:
                 INFO,
                 "round %d: %s aggregated %d replies (f=%d, %d excluded) in %.4fs",
                 server_round,
-                self.rule.name,
+                self.label,
                 n,
                 f,
                 len(report.excluded),

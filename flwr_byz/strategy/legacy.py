@@ -43,6 +43,9 @@ __all__ = [
     "Average",
     "Brute",
     "Bulyan",
+    "CenteredClipping",
+    "DnC",
+    "FLTrust",
     "GeometricMedian",
     "Krum",
     "MeaMed",
@@ -238,3 +241,15 @@ class Brute(rules.Brute, RobustFedAvg):
 
 class Bulyan(rules.Bulyan, RobustFedAvg):
     __doc__ = rules.Bulyan.__doc__
+
+
+class CenteredClipping(rules.CenteredClipping, RobustFedAvg):
+    __doc__ = rules.CenteredClipping.__doc__
+
+
+class FLTrust(rules.FLTrust, RobustFedAvg):
+    __doc__ = rules.FLTrust.__doc__
+
+
+class DnC(rules.DnC, RobustFedAvg):
+    __doc__ = rules.DnC.__doc__

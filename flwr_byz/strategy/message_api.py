@@ -41,6 +41,9 @@ __all__ = [
     "Average",
     "Brute",
     "Bulyan",
+    "CenteredClipping",
+    "DnC",
+    "FLTrust",
     "GeometricMedian",
     "Krum",
     "MeaMed",
@@ -195,11 +198,12 @@ class RobustStrategy(RobustBase, FedAvg):
         cfg = self.aggregator.update
         log(
             INFO,
-            "\t└──> Robust rule: %s (f=%d, options=%s) on %s, update_mode=%s, lr=%s, "
+            "\t└──> Robust rule: %s (f=%d, options=%s, pre=%s) on %s, update_mode=%s, lr=%s, "
             "schedule_r=%s, momentum=%s, weight_decay=%s, clip_norm=%s, on_too_few=%s",
             self.aggregator.rule.name,
             self.num_byzantine,
             self.aggregator.rule_options,
+            self.aggregator.pre,
             self.device,
             cfg.update_mode,
             cfg.learning_rate,
@@ -405,3 +409,15 @@ class Brute(rules.Brute, RobustStrategy):
 
 class Bulyan(rules.Bulyan, RobustStrategy):
     __doc__ = rules.Bulyan.__doc__
+
+
+class CenteredClipping(rules.CenteredClipping, RobustStrategy):
+    __doc__ = rules.CenteredClipping.__doc__
+
+
+class FLTrust(rules.FLTrust, RobustStrategy):
+    __doc__ = rules.FLTrust.__doc__
+
+
+class DnC(rules.DnC, RobustStrategy):
+    __doc__ = rules.DnC.__doc__

@@ -7,12 +7,14 @@ so a rule's options and documentation are written once for both APIs.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 
-from flwr_byz.strategy.core import RobustAggregator, RoundReport
+from flwr_byz.gars.preaggregation import Step
+from flwr_byz.strategy.core import RobustAggregator, RoundReport, ServerUpdateFn
 from flwr_byz.strategy.server_update import ServerUpdateConfig
 
 
@@ -33,6 +35,10 @@ class RobustBase:
         honest_node_ids: node ids known honest (settable later) for the honest-only metrics.
         track_participation: compute each reply's share of the aggregate every round
             (``last_round_report.participation``); on anyway when ``honest_node_ids`` is set.
+        pre: pre-aggregation chain before the rule, e.g. ``["arc", ("nnm", {})]`` or
+            ``[{"name": "clip", "c": 1.0}]`` (steps of ``flwr_byz.gars.PRE_NAMES``, checked here:
+            an unknown step or a bad option raises ``ValueError``); same ``f'`` as the rule.
+        server_update_fn: FLTrust's server update (the :class:`FLTrust` class passes it).
         **fedavg_kwargs: the FedAvg's own keywords (sampling, keys, ...).
     """
 
@@ -54,6 +60,8 @@ class RobustBase:
         on_too_few: str = "keep",
         honest_node_ids: Collection[int] | None = None,
         track_participation: bool = False,
+        pre: Sequence[Step] | None = None,
+        server_update_fn: ServerUpdateFn | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
@@ -78,6 +86,8 @@ class RobustBase:
             on_too_few=on_too_few,
             honest_node_ids=honest_node_ids,
             track_participation=track_participation,
+            pre=pre,
+            server_update_fn=server_update_fn,
         )
 
     def __repr__(self) -> str:
@@ -111,6 +121,19 @@ class RobustBase:
     def last_round_report(self) -> RoundReport | None:
         """The last round's report: accepted, excluded (node id, reason), selected, ..."""
         return self.aggregator.last_round_report
+
+    @property
+    def pre(self) -> list[tuple[str, dict[str, Any]]]:
+        """The pre-aggregation chain, as ``[(name, options), ...]``."""
+        return self.aggregator.pre
+
+    def state_dict(self) -> dict[str, Any]:
+        """The aggregator's state across rounds (checkpoint it with the model)."""
+        return self.aggregator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        self.aggregator.load_state_dict(state)
 
 
 class Average:
@@ -216,4 +239,77 @@ class Bulyan:
         **kwargs: Any,
     ) -> None:
         options = {"selector": selector, "variant": variant, "selector_options": selector_options}
+        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+
+
+# ---------------------------------------------------------------- beyond the seeds
+class CenteredClipping:
+    """Centered clipping (Karimireddy, He, Jaggi, 2021; n >= 2f + 1): from the previous round's
+    aggregate ``v`` (0 at first), L times ``v <- v + mean_i (V_i - v) min(1, tau / ||V_i - v||)``.
+
+    The center lives in the aggregator across rounds: ``state_dict()["center"]`` /
+    ``load_state_dict`` checkpoint it; it restarts at 0 when the model layout changes.
+    """
+
+    rule_name = "centered_clipping"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        tau: float = 100.0,
+        L: int = 1,  # noqa: N803 - the paper's name
+        **kwargs: Any,
+    ) -> None:
+        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+            raise ValueError(f"centered_clipping: tau must be positive and finite, got {tau!r}")
+        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+            raise ValueError(f"centered_clipping: L must be an int >= 1, got {L!r}")
+        options = {"tau": float(tau), "L": L}
+        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+
+
+class FLTrust:
+    """FLTrust (Cao et al., 2021; needs a server root data set): trust ``max(0, cos(V_i, g_0))``,
+    output the trust-weighted mean of the replies rescaled to ``||g_0||``.
+
+    ``server_update_fn(global_arrays, server_round) -> dict[str, np.ndarray]`` computes ``g_0``,
+    the server's own update on its root data at the current model (a delta in weights mode, a
+    gradient in gradient mode; the model's float keys and shapes). When every trust score is 0
+    the round keeps the model and says why (``last_round_report.reason_kept``).
+    """
+
+    rule_name = "fltrust"
+
+    def __init__(
+        self, *, server_update_fn: ServerUpdateFn, num_byzantine: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(num_byzantine=num_byzantine, server_update_fn=server_update_fn, **kwargs)
+
+
+class DnC:
+    """Divide and conquer (Shejwalkar, Houmansadr, 2021; n >= 2f + 1): ``niters`` times, on ``b``
+    random coordinates, drop the ``c f`` replies with the largest projection on the top principal
+    direction; average the replies kept every time. Seeded: round t draws with
+    ``round_seed(seed, t)``, so a run is reproducible.
+    """
+
+    rule_name = "dnc"
+
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        niters: int = 5,
+        b: int = 10_000,
+        c: float = 1.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in (("niters", niters), ("b", b)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"dnc: {key} must be an int >= 1, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"dnc: seed must be an int, got {seed!r}")
+        options = {"niters": niters, "b": b, "c": float(c), "seed": seed}
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
