@@ -7,6 +7,13 @@ before them, it would hold a worker while the nodes it waits for cannot run: a d
 publish what the adversary eavesdrops), then, for non-omniscient collusion, a "collect" phase in
 which every colluder publishes its own honest vector (replies discarded), then the Byzantine
 nodes' real messages, which find everything they wait for already published.
+
+Attacks whose vector is the same for every colluder and a function of the round's honest vectors
+only (omniscient ALIE, IPM, l_p, omniscient negative: ``MaliciousClient.same_for_all``) are
+computed once per round here, when ``run_config`` is given: the adversary reads the honest
+replies it already eavesdrops on (no coordinator round trip; honest messages then carry
+``byz-eavesdrop = False`` so the nodes skip publishing) and hands the vector to every attacker
+in its train message (ArrayRecord ``byz-attack``), which the attacker sends as it is.
 """
 
 from __future__ import annotations
@@ -15,11 +22,22 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from torch import Tensor
 
 from .grid_wrapper import GridWrapper
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
+from .malicious import (
+    EAVESDROP_KEY,
+    SHARED_ERROR_KEY,
+    SHARED_VECTOR_ARRAY,
+    SHARED_VECTOR_KEY,
+    MaliciousClient,
+)
+from .records import flatten, record_to_state
 
 __all__ = ["NEEDS", "AdversaryGrid", "discover_roles", "needs_for_run_config"]
 
@@ -30,13 +48,17 @@ def _is_train(message: Message) -> bool:
     return message.metadata.message_type.split(".")[0] == MessageType.TRAIN
 
 
-def with_config(message: Message, extra: dict[str, Any]) -> Message:
-    """A copy of ``message`` whose "config" ConfigRecord also holds ``extra`` (the original, often
-    shared by all messages of a round, is left untouched)."""
+def with_config(
+    message: Message, extra: dict[str, Any], records_extra: Mapping[str, Any] | None = None
+) -> Message:
+    """A copy of ``message`` whose "config" ConfigRecord also holds ``extra`` (and whose content
+    also holds ``records_extra``); the original, often shared by a round's messages, is left
+    untouched."""
     content = message.content
     records: dict[str, Any] = dict(content.items())
     config = dict(records["config"].items()) if "config" in records else {}
     records["config"] = ConfigRecord({**config, **extra})
+    records.update(records_extra or {})
     meta = message.metadata
     return Message(
         RecordDict(records),
@@ -56,6 +78,11 @@ class AdversaryGrid(GridWrapper):
     ``coordinator_address``: put into every train message's config (key
     ``coordinator-address``) so that clients find a coordinator started by the ServerApp.
     Byzantine messages also get ``byz-honest-count``: the honest replies received this round.
+
+    ``run_config`` (with ``partition_of``, ``{node_id: partition_id}`` of every node, e.g. from
+    ``discover_roles``): when the run's attack is ``same_for_all``, compute its vector once per
+    round from the honest replies (ordered by partition id, as the coordinator orders them) and
+    send it to the attackers instead of letting each fetch and recompute it.
     """
 
     def __init__(
@@ -64,6 +91,8 @@ class AdversaryGrid(GridWrapper):
         byzantine_node_ids: Iterable[int],
         needs: str = "omniscient",
         coordinator_address: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        partition_of: Mapping[int, int] | None = None,
     ) -> None:
         if needs not in NEEDS:
             raise ValueError(f"AdversaryGrid: needs must be one of {NEEDS}, got {needs!r}")
@@ -71,6 +100,16 @@ class AdversaryGrid(GridWrapper):
         self.byzantine_node_ids = frozenset(int(node) for node in byzantine_node_ids)
         self.needs = needs
         self.coordinator_address = coordinator_address or ""
+        self.partition_of = {int(k): int(v) for k, v in (partition_of or {}).items()}
+        self.attack: MaliciousClient | None = None
+        self.num_attackers = 0
+        if run_config is not None and needs == "omniscient":
+            self.attack, self.num_attackers = _shared_attack(run_config, self.partition_of)
+
+    @property
+    def computes_vector(self) -> bool:
+        """Whether this grid computes the attack vector once per round (see the class doc)."""
+        return self.attack is not None
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -83,16 +122,21 @@ class AdversaryGrid(GridWrapper):
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+        byzantine_ids = self.byzantine_node_ids
         if self.coordinator_address:
             address = {ADDRESS_KEY: self.coordinator_address}
             messages = [with_config(m, address) if _is_train(m) else m for m in messages]
         byzantine = [
-            m
-            for m in messages
-            if _is_train(m) and m.metadata.dst_node_id in self.byzantine_node_ids
+            m for m in messages if _is_train(m) and m.metadata.dst_node_id in byzantine_ids
         ]
         if self.needs in ("own", "none") or not byzantine:
             return list(self.grid.send_and_receive(messages, timeout=timeout))
+        if self.attack is not None:  # the grid reads the honest replies: nobody publishes
+            quiet = {EAVESDROP_KEY: False}
+            messages = [
+                with_config(m, quiet) if _is_train(m) and not any(m is b for b in byzantine) else m
+                for m in messages
+            ]
         first = [m for m in messages if not any(m is b for b in byzantine)]
         replies = list(self.grid.send_and_receive(first, timeout=left())) if first else []
         honest_ok = sum(
@@ -102,13 +146,72 @@ class AdversaryGrid(GridWrapper):
             and not r.has_error()
             and r.metadata.src_node_id not in self.byzantine_node_ids
         )
-        extra = {HONEST_COUNT_KEY: honest_ok}
+        extra: dict[str, Any] = {HONEST_COUNT_KEY: honest_ok, PHASE_KEY: "real"}
+        records: dict[str, Any] = {}
+        if self.attack is not None:
+            try:
+                vector = self.round_vector(replies)
+                array = Array(np.ascontiguousarray(vector.numpy()))
+                records[SHARED_VECTOR_KEY] = ArrayRecord({SHARED_VECTOR_ARRAY: array})
+            except (ValueError, RuntimeError) as error:
+                extra[SHARED_ERROR_KEY] = f"{type(error).__name__}: {error}"
         if self.needs == "colluders":
             collect = [with_config(m, {**extra, PHASE_KEY: "collect"}) for m in byzantine]
             list(self.grid.send_and_receive(collect, timeout=left()))
-        real = [with_config(m, {**extra, PHASE_KEY: "real"}) for m in byzantine]
+        real = [with_config(m, extra, records) for m in byzantine]
         replies.extend(self.grid.send_and_receive(real, timeout=left()))
         return replies
+
+    def honest_vectors(self, replies: Iterable[Message]) -> Tensor:
+        """The ``(k, d)`` float32 vectors of the honest train replies without error, ordered by
+        partition id (then node id): what the coordinator would have served."""
+        rows = [
+            r
+            for r in replies
+            if _is_train(r)
+            and not r.has_error()
+            and r.metadata.src_node_id not in self.byzantine_node_ids
+        ]
+        if not rows:
+            raise ValueError("no honest reply in this round")
+
+        def order(reply: Message) -> tuple[int, int]:
+            node = reply.metadata.src_node_id
+            return self.partition_of.get(node, node), node
+
+        vectors = [_reply_vector(r) for r in sorted(rows, key=order)]
+        return torch.stack(vectors)
+
+    def round_vector(self, replies: Iterable[Message]) -> Tensor:
+        """The round's attack vector (float32 ``(d,)``), computed once from the honest replies."""
+        if self.attack is None:
+            raise ValueError("AdversaryGrid: the run's attack is not computed by the grid")
+        known = self.honest_vectors(replies)
+        n = known.shape[0] + self.num_attackers
+        return self.attack.from_known(known, n, self.num_attackers).to(torch.float32).cpu()
+
+
+def _reply_vector(reply: Message) -> Tensor:
+    records = reply.content.array_records
+    arrays = records["arrays"] if "arrays" in records else next(iter(records.values()))
+    return flatten(record_to_state(arrays))
+
+
+def _shared_attack(
+    run_config: Mapping[str, Any], partition_of: Mapping[int, int]
+) -> tuple[MaliciousClient | None, int]:
+    """The run's malicious client when its vector is ``same_for_all``, and the attackers' count."""
+    from .config import ClientConfig
+    from .malicious import make_malicious_client
+
+    if not partition_of:
+        raise ValueError("AdversaryGrid: run_config needs partition_of (from discover_roles)")
+    node = {"partition-id": 0, "num-partitions": len(partition_of)}
+    cfg = ClientConfig.from_configs(run_config, node)
+    if cfg.attack == "none":
+        return None, 0
+    client = make_malicious_client(cfg)
+    return (client if client.same_for_all else None), cfg.num_attackers
 
 
 def needs_for_run_config(run_config: Mapping[str, Any], num_partitions: int) -> str:

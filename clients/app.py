@@ -4,7 +4,10 @@ Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run 
 ``byzantine-partitions`` (or, when that is empty, is among the first ``num-attackers``) and
 ``attack`` is not "none". Train messages may carry, besides ``server-round`` and
 ``learning-rate``, keys set by ``clients.adversary.AdversaryGrid``: ``byz-phase`` ("collect" |
-"real"), ``byz-honest-count`` and ``coordinator-address`` (which override the run config's).
+"real"), ``byz-honest-count`` and ``coordinator-address`` (which override the run config's), and
+for attacks the grid computes once per round (``MaliciousClient.same_for_all``) the ArrayRecord
+``byz-attack`` (the vector an attacker sends as it is, no coordinator fetch) or the config key
+``byz-attack-error``, and ``byz-eavesdrop = False`` on honest messages (nothing to publish).
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from .config import ClientConfig
 from .coordinator import CoordinatorClient, CoordinatorError
 from .honest import LocalResult, evaluate_model, honest_update
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
-from .malicious import AttackInputs, backdoor_accuracy, make_malicious_client
+from .malicious import (
+    EAVESDROP_KEY,
+    SHARED_ERROR_KEY,
+    AttackInputs,
+    backdoor_accuracy,
+    make_malicious_client,
+    shared_vector,
+)
 from .records import record_to_state, vector_to_record
 from .runtime import client_device, dataset_for, model_with_state, shard_indices
 
@@ -155,7 +165,8 @@ def handle_train(message: Message, context: Context) -> Message:
 
     if not cfg.is_byzantine:
         result = honest_update(cfg, context, state, rnd)
-        if needs == "omniscient":  # the adversary eavesdrops on what honest nodes send
+        # the adversary eavesdrops on what honest nodes send (unless AdversaryGrid reads it)
+        if needs == "omniscient" and bool(train_config.get(EAVESDROP_KEY, True)):
             _eavesdrop(cfg, train_config, context.run_id, rnd, result.vector)
         return _reply(message, result.vector, state, result.loss, result.num_examples)
     try:
@@ -194,6 +205,11 @@ def _byzantine_train(
     if str(train_config.get(PHASE_KEY, "real")) == "collect":
         metrics = MetricRecord({"num-examples": 0})
         return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    if SHARED_ERROR_KEY in train_config:  # the adversary (AdversaryGrid) could not compute it
+        raise ValueError(str(train_config[SHARED_ERROR_KEY]))
+    vector = shared_vector(message.content)  # computed once per round by AdversaryGrid
+    if vector is not None:
+        return _reply(message, vector, state, 0.0, _num_examples(cfg))
     if needs == "colluders":
         _, inputs.known = coordinator.fetch(context.run_id, rnd, "colluder", attackers)
     elif needs == "omniscient":

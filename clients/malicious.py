@@ -27,6 +27,10 @@ from .honest import LocalResult, honest_update
 from .runtime import client_device, dataset_for, model_with_state, shard_indices
 
 KNOWLEDGE = ("none", "own", "colluders", "omniscient")
+SHARED_VECTOR_KEY = "byz-attack"  # ArrayRecord of a Byzantine train message: the round's vector
+SHARED_VECTOR_ARRAY = "vector"  # its one array, the flat float32 attack vector
+SHARED_ERROR_KEY = "byz-attack-error"  # config key: why the adversary could not compute it
+EAVESDROP_KEY = "byz-eavesdrop"  # config key of honest messages: False = the grid reads replies
 
 
 def attack_generator(*parts: object) -> torch.Generator:
@@ -94,8 +98,19 @@ class MaliciousClient:
         """The honest computation this node would do (used by ``own``/``colluders`` attacks)."""
         return honest_update(inputs.cfg, inputs.context, inputs.state, inputs.rnd)
 
-    def submit(self, inputs: AttackInputs) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @property
+    def same_for_all(self) -> bool:
+        """Whether every colluder sends the same vector, a function of the round's honest
+        vectors, n and f only (``from_known``): the adversary may compute it once per round."""
+        return False
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        """The attack vector from the known honest vectors (``same_for_all`` attacks only)."""
+        raise NotImplementedError(f"attack {self.name!r} is not computed from known vectors only")
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        """The vector this client sends; default: ``from_known`` on the known vectors."""
+        return self.from_known(self.known_vectors(inputs), inputs.n, inputs.f)
 
 
 class AlieClient(MaliciousClient):
@@ -110,10 +125,13 @@ class AlieClient(MaliciousClient):
     def needs(self) -> str:
         return "omniscient" if bool(self.options.get("omniscient", True)) else "colluders"
 
-    def submit(self, inputs: AttackInputs) -> Tensor:
+    @property
+    def same_for_all(self) -> bool:
+        return self.needs == "omniscient"
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         sigma = str(self.options.get("sigma", "sample"))
-        known = self.known_vectors(inputs)
-        return attacks.alie(known, inputs.n, inputs.f, z=self.options.get("z"), sigma=sigma)
+        return attacks.alie(known, n, f, z=self.options.get("z"), sigma=sigma)
 
 
 class IpmClient(MaliciousClient):
@@ -122,9 +140,10 @@ class IpmClient(MaliciousClient):
     name, knowledge = "ipm", "omniscient"
     allowed_options = frozenset({"eps"})
 
-    def submit(self, inputs: AttackInputs) -> Tensor:
-        eps = float(self.options.get("eps", 0.1))
-        return attacks.ipm(self.known_vectors(inputs), inputs.n, inputs.f, eps=eps)
+    same_for_all = True  # type: ignore[assignment]
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        return attacks.ipm(known, n, f, eps=float(self.options.get("eps", 0.1)))
 
 
 class LpCoordinateClient(MaliciousClient):
@@ -137,14 +156,15 @@ class LpCoordinateClient(MaliciousClient):
         {"norm", "coordinate", "initial_gamma", "max_doublings", "max_bisections", "rtol"}
     )
 
-    def submit(self, inputs: AttackInputs) -> Tensor:
-        known = self.known_vectors(inputs)
+    same_for_all = True  # type: ignore[assignment]
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         return attacks.lp_coordinate(
             known.to(torch.float64),
-            inputs.n,
-            inputs.f,
-            gar=inputs.cfg.rule,
-            gar_options=dict(inputs.cfg.rule_options),
+            n,
+            f,
+            gar=self.cfg.rule,
+            gar_options=dict(self.cfg.rule_options),
             **self.options,
         ).to(known.dtype)
 
@@ -168,10 +188,11 @@ class OmniscientNegativeClient(MaliciousClient):
     name, knowledge = "omniscient_negative", "omniscient"
     allowed_options = frozenset({"scale"})
 
-    def submit(self, inputs: AttackInputs) -> Tensor:
+    same_for_all = True  # type: ignore[assignment]
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         scale = float(self.options.get("scale", 1e20))
-        known = self.known_vectors(inputs)
-        return attacks.omniscient_negative(known, inputs.n, inputs.f, scale=scale)
+        return attacks.omniscient_negative(known, n, f, scale=scale)
 
 
 class SignFlipClient(MaliciousClient):
@@ -332,6 +353,16 @@ MALICIOUS_CLIENTS: dict[str, type[MaliciousClient]] = {
         AlieBackdoorClient,
     )
 }
+
+
+def shared_vector(content: Any) -> Tensor | None:
+    """The round's attack vector an ``AdversaryGrid`` put into a train message's content
+    (``SHARED_VECTOR_KEY``), as a float32 ``(d,)`` tensor; None when there is none."""
+    records = content.array_records
+    if SHARED_VECTOR_KEY not in records:
+        return None
+    array = records[SHARED_VECTOR_KEY][SHARED_VECTOR_ARRAY]
+    return torch.from_numpy(array.numpy().copy()).reshape(-1).to(torch.float32)
 
 
 def make_malicious_client(cfg: ClientConfig) -> MaliciousClient:

@@ -248,6 +248,10 @@ def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str
             roles.byzantine,
             needs=needs if needs in ("omniscient", "colluders") else "none",
             coordinator_address=coordinator_address or None,
+            # same-for-all attacks are computed once per round by the grid, unless the run names
+            # its own coordinator (the deployment path: the attackers fetch from it)
+            run_config=None if cfg.coordinator_address else cfg.to_flower(),
+            partition_of=roles.partition_of,
         )
     if cfg.channel_fault != "none":
         from clients.channel import ChannelFaultGrid

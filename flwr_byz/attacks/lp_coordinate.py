@@ -111,9 +111,12 @@ def lp_coordinate_gamma(
     found (``average`` never rejects; nor do coordinate-wise rules against ``norm="l2"``, whose
     other coordinates stay at ``g_bar``). Deterministic for deterministic GARs.
 
-    ``fast``: for krum, multi_krum and medoid, search first on a closed-form float64 model of
-    the distances (``_lp_surrogate``), then confirm with two calls of the real rule that the
-    guess is chosen and ``guess * (1 + rtol)`` is not; on disagreement search with the rule.
+    ``fast``: for krum, multi_krum, medoid and bulyan (Krum selector), search first on a
+    closed-form float64 model of the distances to ``g_bar + gamma E`` (a quadratic in gamma from
+    one Gram pass, ``_lp_surrogate``), then confirm with two calls of the real rule that the
+    guess is chosen and ``guess * (1 + rtol)`` is not (Bulyan, whose model takes the rule's own
+    search steps, and unbounded searches: only that the guess is chosen); on disagreement search
+    with the rule.
     """
     honest = honest_matrix(honest, "lp_coordinate")
     check_n_f(n, f, "lp_coordinate")
@@ -151,14 +154,19 @@ def lp_coordinate_gamma(
         _search, step=float(step), max_doublings=max_doublings, max_bisections=max_bisections
     )
     name = gar if isinstance(gar, str) else getattr(gar, "name", None)
-    surrogate = distance_surrogate(name, honest, f, unit, options) if fast else None
-    if surrogate is not None and criterion in ("auto", "selected"):
-        guess = search(surrogate, rtol=rtol / 4)
+    surrogate = distance_surrogate(name, honest, f, unit, options, criterion) if fast else None
+    if surrogate is not None:
+        # Bulyan: the same steps as the rule's search, so an agreeing surrogate gives its answer
+        guess, bracketed = search(surrogate, rtol=rtol if name == "bulyan" else rtol / 4)
         if guess == 0.0 and not chosen(0.0):
             return 0.0
-        if guess > 0.0 and chosen(guess) and not chosen(guess * (1.0 + rtol)):
+        # never rejected (e.g. coordinate-wise rules against l2): the rule's search would not be
+        # either, so only the guess itself is confirmed; so is Bulyan's, whose model searches
+        # with the rule's own steps (exact up to float rounding): one rule call, not two
+        upper = bracketed and name != "bulyan"
+        if guess > 0.0 and chosen(guess) and not (upper and chosen(guess * (1.0 + rtol))):
             return guess
-    return search(chosen, rtol=rtol)
+    return search(chosen, rtol=rtol)[0]
 
 
 def _search(
@@ -167,17 +175,18 @@ def _search(
     max_doublings: int,
     max_bisections: int,
     rtol: float,
-) -> float:
-    """Largest gamma found chosen: doubling from ``step``, then bisection to ``rtol``."""
+) -> tuple[float, bool]:
+    """Largest gamma found chosen: doubling from ``step``, then bisection to ``rtol``; and
+    whether a rejected gamma bounds it (False when every doubling was chosen)."""
     if not chosen(0.0):
-        return 0.0
+        return 0.0, True
     low, high = 0.0, step
     for _ in range(max_doublings):
         if not chosen(high):
             break
         low, high = high, 2.0 * high
     else:
-        return low
+        return low, False
     for _ in range(max_bisections):
         if high - low <= rtol * low:
             break
@@ -186,7 +195,7 @@ def _search(
             low = middle
         else:
             high = middle
-    return low
+    return low, True
 
 
 def lp_coordinate(

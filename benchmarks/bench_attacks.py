@@ -1,0 +1,89 @@
+"""Round time under each omniscient attack against the clean round with the same rule.
+
+Setup: the in-process engine, n = 51 workers (f = 12 of them attack), the MNIST-5k 784-100-10
+MLP in gradient mode (batch 83), ``num-rounds`` rounds; the time of a round is the ServerApp's
+``round-seconds``, reported as the median of rounds 2-8 and as the ratio to the clean round (the
+same rule, ``attack = "none"``). ALIE, IPM and the omniscient negative run against ``--rule``
+(median), the l_p attack against Bulyan. ``--per-attacker`` measures the older path: every
+attacker fetches the k honest vectors from the coordinator and computes the vector itself, and
+the l_p search against Bulyan runs the whole rule at every step.
+
+    python benchmarks/bench_attacks.py [--rounds 9] [--threads 1] [--per-attacker]
+                                       [--attacks alie,ipm,omniscient_negative,lp_coordinate]
+
+Numbers depend on the machine and its load; nothing here is asserted by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+import torch
+
+from simulations import engines
+from simulations.experiment import RunConfig
+from simulations.server_app import quiet_flower
+
+N, F, BATCH, LR = 51, 12, 83, 0.1
+ATTACKS = ("alie", "ipm", "omniscient_negative", "lp_coordinate")
+
+
+def round_seconds(attack: str, rule: str, rounds: int, threads: int) -> float:
+    """Median ``round-seconds`` of rounds 2-8 (or all but the first) of one in-process run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(
+            num_clients=N, num_byzantine=F, rule=rule, attack=attack, batch_size=BATCH,
+            learning_rate=LR, num_rounds=rounds, eval_every=10**6, seed=1, results_dir=tmp,
+            run_name="bench/attack",
+        )  # fmt: skip
+        record = engines.run(cfg, engine="inprocess", threads=threads)
+    seconds = [r["round-seconds"] for r in record.rounds if "round-seconds" in r]  # not round 0
+    return statistics.median(seconds[1:8] if len(seconds) > 1 else seconds)
+
+
+def per_attacker_path() -> None:
+    """The path before issue 10: ``AdversaryGrid`` leaves every attack to the attackers, and the
+    l_p search against Bulyan calls the rule at every step (no quadratic distance model)."""
+    import importlib
+
+    import clients.adversary as adversary
+
+    lp_coordinate = importlib.import_module("flwr_byz.attacks.lp_coordinate")
+    adversary._shared_attack = lambda run_config, partition_of: (None, 0)  # type: ignore
+    surrogate = lp_coordinate.distance_surrogate
+
+    def without_bulyan(name: str | None, *args: object, **kwargs: object) -> object:
+        return None if name == "bulyan" else surrogate(name, *args, **kwargs)  # type: ignore
+
+    lp_coordinate.distance_surrogate = without_bulyan  # type: ignore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rule", default="median", help="rule for alie, ipm, omniscient_negative")
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--per-attacker", action="store_true", help="the older per-attacker path")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_flower()
+    if args.per_attacker:
+        per_attacker_path()
+    path = "per attacker (coordinator fetch)" if args.per_attacker else "once per round"
+    print(f"n={N}, f={F}, MNIST-5k MLP, gradient mode, in-process, {path}, threads={args.threads}")
+    print(f"{'attack':<20} {'rule':<8} {'clean (s)':>10} {'attack (s)':>11} {'ratio':>6}")
+    clean: dict[str, float] = {}
+    for attack in args.attacks.split(","):
+        rule = "bulyan" if attack == "lp_coordinate" else args.rule
+        if rule not in clean:
+            clean[rule] = round_seconds("none", rule, args.rounds, args.threads)
+        seconds = round_seconds(attack, rule, args.rounds, args.threads)
+        ratio = seconds / clean[rule]
+        print(f"{attack:<20} {rule:<8} {clean[rule]:>10.3f} {seconds:>11.3f} {ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
