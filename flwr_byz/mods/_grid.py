@@ -18,7 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from flwr_byz.grid_wrapper import GridWrapper
 
 from ._mod import NEEDS_HONEST, RELAY_ARRAYS, RELAY_CONFIG, _is_train
 from ._records import LEGACY_RES, find_arrays, flat, to_arrays
@@ -42,44 +43,12 @@ def _is_marker(reply: Message) -> bool:
     return reply.has_error() and str(reply.error.reason).startswith(NEEDS_HONEST)
 
 
-class RelayGrid(Grid):
+class RelayGrid(GridWrapper):
     """Wraps a ``Grid``; orders train rounds honest-first and relays honest replies (see module)."""
 
     def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.byzantine_node_ids: set[int] = set()
-
-    def set_run(self, run: Run) -> None:
-        """Set the run on the wrapped grid."""
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped grid's run."""
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegated to the wrapped grid."""
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """The wrapped grid's node ids."""
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegated unchanged (the ordering needs ``send_and_receive``)."""
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegated unchanged."""
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
