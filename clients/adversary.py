@@ -8,12 +8,16 @@ publish what the adversary eavesdrops), then, for non-omniscient collusion, a "c
 which every colluder publishes its own honest vector (replies discarded), then the Byzantine
 nodes' real messages, which find everything they wait for already published.
 
-Attacks whose vector is the same for every colluder and a function of the round's honest vectors
-only (omniscient ALIE, IPM, l_p, omniscient negative: ``MaliciousClient.same_for_all``) are
-computed once per round here, when ``run_config`` is given: the adversary reads the honest
-replies it already eavesdrops on (no coordinator round trip; honest messages then carry
-``byz-eavesdrop = False`` so the nodes skip publishing) and hands the vector to every attacker
-in its train message (ArrayRecord ``byz-attack``), which the attacker sends as it is.
+Attacks whose vector is the same for every colluder and a function of the vectors their threat
+model lets them know (``MaliciousClient.same_for_all``: omniscient ALIE, IPM, l_p, omniscient
+negative from the round's honest vectors; non-omniscient ALIE from the colluders' own) are
+computed once per round here, when ``run_config`` is given. The adversary reads the replies it
+already eavesdrops on -- the honest replies (omniscient) or the collect phase's replies, which
+then carry each colluder's own honest vector (colluders) -- with no coordinator round trip
+(messages carry ``byz-eavesdrop = False`` so the nodes skip publishing), and hands the vector
+to every attacker in its train message (ArrayRecord ``byz-attack``), which the attacker sends
+as it is without training again. What each attack may know is unchanged: a colluding attack's
+vector is computed from the colluders' replies only.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class AdversaryGrid(GridWrapper):
         self.partition_of = {int(k): int(v) for k, v in (partition_of or {}).items()}
         self.attack: MaliciousClient | None = None
         self.num_attackers = 0
-        if run_config is not None and needs == "omniscient":
+        if run_config is not None and needs in ("omniscient", "colluders"):
             self.attack, self.num_attackers = _shared_attack(run_config, self.partition_of)
 
     @property
@@ -131,63 +135,80 @@ class AdversaryGrid(GridWrapper):
         ]
         if self.needs in ("own", "none") or not byzantine:
             return list(self.grid.send_and_receive(messages, timeout=timeout))
-        if self.attack is not None:  # the grid reads the honest replies: nobody publishes
-            quiet = {EAVESDROP_KEY: False}
+        quiet = {EAVESDROP_KEY: False} if self.attack is not None else {}
+        if quiet and self.needs == "omniscient":  # the grid reads the honest replies
             messages = [
                 with_config(m, quiet) if _is_train(m) and not any(m is b for b in byzantine) else m
                 for m in messages
             ]
         first = [m for m in messages if not any(m is b for b in byzantine)]
         replies = list(self.grid.send_and_receive(first, timeout=left())) if first else []
-        honest_ok = sum(
-            1
-            for r in replies
-            if _is_train(r)
-            and not r.has_error()
-            and r.metadata.src_node_id not in self.byzantine_node_ids
-        )
+        honest_ok = len(self._usable(replies, byzantine=False))
         extra: dict[str, Any] = {HONEST_COUNT_KEY: honest_ok, PHASE_KEY: "real"}
+        known = replies
+        if self.needs == "colluders":  # with ``quiet`` the colluders reply their own vectors
+            collect = [with_config(m, {**extra, **quiet, PHASE_KEY: "collect"}) for m in byzantine]
+            known = list(self.grid.send_and_receive(collect, timeout=left()))
         records: dict[str, Any] = {}
         if self.attack is not None:
             try:
-                vector = self.round_vector(replies)
+                vector = self._known_vector(known, honest_ok)
                 array = Array(np.ascontiguousarray(vector.numpy()))
                 records[SHARED_VECTOR_KEY] = ArrayRecord({SHARED_VECTOR_ARRAY: array})
             except (ValueError, RuntimeError) as error:
                 extra[SHARED_ERROR_KEY] = f"{type(error).__name__}: {error}"
-        if self.needs == "colluders":
-            collect = [with_config(m, {**extra, PHASE_KEY: "collect"}) for m in byzantine]
-            list(self.grid.send_and_receive(collect, timeout=left()))
         real = [with_config(m, extra, records) for m in byzantine]
         replies.extend(self.grid.send_and_receive(real, timeout=left()))
         return replies
 
-    def honest_vectors(self, replies: Iterable[Message]) -> Tensor:
-        """The ``(k, d)`` float32 vectors of the honest train replies without error, ordered by
-        partition id (then node id): what the coordinator would have served."""
-        rows = [
+    def _usable(self, replies: Iterable[Message], byzantine: bool) -> list[Message]:
+        """The train replies without error from honest (or, ``byzantine``, Byzantine) nodes."""
+        return [
             r
             for r in replies
             if _is_train(r)
             and not r.has_error()
-            and r.metadata.src_node_id not in self.byzantine_node_ids
+            and (r.metadata.src_node_id in self.byzantine_node_ids) == byzantine
         ]
+
+    def _stacked(self, rows: list[Message], what: str) -> Tensor:
+        """The ``(k, d)`` float32 vectors of ``rows`` ordered by partition id (then node id):
+        what the coordinator would have served."""
         if not rows:
-            raise ValueError("no honest reply in this round")
+            raise ValueError(f"no {what} reply in this round")
 
         def order(reply: Message) -> tuple[int, int]:
             node = reply.metadata.src_node_id
             return self.partition_of.get(node, node), node
 
-        vectors = [_reply_vector(r) for r in sorted(rows, key=order)]
-        return torch.stack(vectors)
+        return torch.stack([_reply_vector(r) for r in sorted(rows, key=order)])
+
+    def honest_vectors(self, replies: Iterable[Message]) -> Tensor:
+        """The ``(k, d)`` float32 vectors of the honest train replies without error, ordered by
+        partition id (then node id): what the coordinator would have served."""
+        return self._stacked(self._usable(replies, byzantine=False), "honest")
+
+    def colluder_vectors(self, replies: Iterable[Message]) -> Tensor:
+        """The colluders' own honest vectors from the collect phase's replies, ordered by
+        partition id: what the coordinator would have served under ``colluder``."""
+        return self._stacked(self._usable(replies, byzantine=True), "colluder")
 
     def round_vector(self, replies: Iterable[Message]) -> Tensor:
         """The round's attack vector (float32 ``(d,)``), computed once from the honest replies."""
+        return self._known_vector(replies, len(self._usable(replies, byzantine=False)))
+
+    def _known_vector(self, replies: Iterable[Message], honest_count: int) -> Tensor:
+        """The round's attack vector from what the threat model lets the attackers know: the
+        honest replies (omniscient) or the collect phase's replies (colluders); n counts the
+        ``honest_count`` honest replies and the attackers, as each attacker counted it."""
         if self.attack is None:
             raise ValueError("AdversaryGrid: the run's attack is not computed by the grid")
-        known = self.honest_vectors(replies)
-        n = known.shape[0] + self.num_attackers
+        replies = list(replies)
+        if self.needs == "colluders":
+            known = self.colluder_vectors(replies)
+        else:
+            known = self.honest_vectors(replies)
+        n = honest_count + self.num_attackers
         return self.attack.from_known(known, n, self.num_attackers).to(torch.float32).cpu()
 
 

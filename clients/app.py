@@ -7,7 +7,8 @@ Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run 
 "real"), ``byz-honest-count`` and ``coordinator-address`` (which override the run config's), and
 for attacks the grid computes once per round (``MaliciousClient.same_for_all``) the ArrayRecord
 ``byz-attack`` (the vector an attacker sends as it is, no coordinator fetch) or the config key
-``byz-attack-error``, and ``byz-eavesdrop = False`` on honest messages (nothing to publish).
+``byz-attack-error``, and ``byz-eavesdrop = False`` on honest messages (nothing to publish)
+and on collect messages (the colluder replies its own honest vector instead of publishing it).
 """
 
 from __future__ import annotations
@@ -197,19 +198,26 @@ def _byzantine_train(
         n=honest_count + attackers,
         f=attackers,
     )
+    collecting = str(train_config.get(PHASE_KEY, "real")) == "collect"
+    if not collecting:
+        if SHARED_ERROR_KEY in train_config:  # the adversary (AdversaryGrid) could not compute it
+            raise ValueError(str(train_config[SHARED_ERROR_KEY]))
+        vector = shared_vector(message.content)  # computed once per round by AdversaryGrid
+        if vector is not None:
+            return _reply(message, vector, state, 0.0, _num_examples(cfg))
     if needs in ("own", "colluders"):
         inputs.own = client.honest_result(inputs)
+    if collecting and not bool(train_config.get(EAVESDROP_KEY, True)):
+        # the AdversaryGrid reads the colluders' own vectors from these replies
+        own = inputs.own
+        assert own is not None
+        return _reply(message, own.vector, state, own.loss, own.num_examples)
     if needs == "colluders":
         coordinator = _coordinator(cfg, train_config, cfg.attack)
         coordinator.publish(context.run_id, rnd, "colluder", cfg.partition_id, inputs.own.vector)
-    if str(train_config.get(PHASE_KEY, "real")) == "collect":
+    if collecting:
         metrics = MetricRecord({"num-examples": 0})
         return Message(RecordDict({"metrics": metrics}), reply_to=message)
-    if SHARED_ERROR_KEY in train_config:  # the adversary (AdversaryGrid) could not compute it
-        raise ValueError(str(train_config[SHARED_ERROR_KEY]))
-    vector = shared_vector(message.content)  # computed once per round by AdversaryGrid
-    if vector is not None:
-        return _reply(message, vector, state, 0.0, _num_examples(cfg))
     if needs == "colluders":
         _, inputs.known = coordinator.fetch(context.run_id, rnd, "colluder", attackers)
     elif needs == "omniscient":

@@ -122,6 +122,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from simulations.report import write_report
+
+    for path in write_report(args.dir, args.out or args.dir, plots=not args.no_plot):
+        print(path)
+    return 0
+
+
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from clients import coordinator
 
@@ -187,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dir")
     plot.add_argument("--out", default=None)
     plot.set_defaults(func=cmd_plot)
+
+    report = sub.add_parser(
+        "report", help="mean +- std over seeds per case, and plots with a band over seeds"
+    )
+    report.add_argument("dir", help="the experiment's results folder (RESULTS/EXPERIMENT)")
+    report.add_argument("--out", default=None, help="where to write (default: dir)")
+    report.add_argument("--no-plot", action="store_true")
+    report.set_defaults(func=cmd_report)
 
     coord = sub.add_parser("coordinator", help="serve the colluding coordinator")
     coord.add_argument("--address", default="127.0.0.1:9099")

@@ -29,6 +29,7 @@ CHANNEL_FAULTS = ("none", "bit_flip", "gambler")
 UPDATE_MODES = ("gradient", "weights")
 MOMENTUM_PLACES = ("worker", "server")
 INITS = ("default", "xavier")  # flwr_byz.models.INITS
+IDLE_RUN = ("fail", "warn")  # a run whose rule never aggregated or whose attack never ran
 
 # Keys of an experiment YAML that are not run-config fields.
 META_KEYS = ("name", "description", "cases", "paper", "engine")
@@ -70,11 +71,15 @@ class RunConfig:
     num_rounds: int = 10
     eval_every: int = 1  # test-set evaluation after every k-th round (and the last one)
     fraction_train: float = 1.0
-    device: str = "auto"
+    device: str = "auto"  # the strategy's (server) device
+    client_device: str = "cpu"  # where the ClientApps train: "cpu", "auto", "cuda", "cuda:1"...
     # node loss: a round goes on with the nodes still connected when at least ``min_nodes`` are
     # (0 = the rule's minimum n for num-byzantine); fewer for ``node_wait_timeout`` s fail the run
     min_nodes: int = 0
     node_wait_timeout: float = 120.0
+    # a run in which the rule never aggregated (every round kept the model), or in which the
+    # configured attack never ran, ends failed ("fail") or finishes with a warning ("warn")
+    idle_run: str = "fail"
     # adversary
     byzantine_partitions: str = ""
     num_attackers: int | None = None
@@ -94,6 +99,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        _validate_registries(self)
 
     @property
     def attackers(self) -> int:
@@ -144,8 +150,10 @@ class RunConfig:
             "coordinator_timeout",
             "experiment",
             "device",
+            "client_device",
             "min_nodes",
             "node_wait_timeout",
+            "idle_run",
         ):
             d.pop(name)
         d["num_attackers"] = self.attackers
@@ -203,6 +211,8 @@ _STR_FIELDS = (
     "momentum_place",
     "rule",
     "device",
+    "client_device",
+    "idle_run",
     "byzantine_partitions",
     "attack",
     "coordinator_address",
@@ -322,6 +332,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.num_rounds >= 1, f"num-rounds must be >= 1, got {cfg.num_rounds}")
     need(cfg.eval_every >= 1, f"eval-every must be >= 1, got {cfg.eval_every}")
     need(cfg.init in INITS, f"init must be one of {INITS}, got {cfg.init!r}")
+    need(cfg.idle_run in IDLE_RUN, f"idle-run must be one of {IDLE_RUN}, got {cfg.idle_run!r}")
     need(cfg.batch_size >= 1, f"batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.local_epochs >= 1, f"local-epochs must be >= 1, got {cfg.local_epochs}")
     need(0.0 <= cfg.momentum < 1.0, f"momentum must be in [0, 1), got {cfg.momentum}")
@@ -367,6 +378,69 @@ def _validate(cfg: RunConfig) -> None:
         cfg.num_byzantine < cfg.num_clients,
         f"num-byzantine must be < num-clients, got f={cfg.num_byzantine}, n={cfg.num_clients}",
     )
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+
+
+def option_names(fn: Any) -> tuple[str, ...]:
+    """The keyword options of a rule function ``fn(vectors, f, **options)``: its parameters
+    after the first two (the signature is where each option and its default is written)."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _validate_registries(cfg: RunConfig) -> None:
+    """Names and options against the registries, and n against the rule's requirement for f,
+    so that a bad run fails when the config is read, not in round 1 (errors name the field)."""
+    from clients.malicious import MALICIOUS_CLIENTS
+    from flwr_byz import data, gars, models
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    need(cfg.dataset in data.NAMES, f"dataset must be one of {data.NAMES}, got {cfg.dataset!r}")
+    known_models = models.NAMES + models.BEYOND_NAMES
+    need(cfg.model in known_models, f"model must be one of {known_models}, got {cfg.model!r}")
+    for key, value in (("device", cfg.device), ("client-device", cfg.client_device)):
+        need(
+            re.fullmatch(DEVICE_PATTERN, value) is not None,
+            f"{key} must be auto, cpu, cuda, cuda:<index> or mps, got {value!r}",
+        )
+    try:
+        rule = gars.get(cfg.rule)
+    except ValueError as err:
+        raise ValueError(f"rule: {err}") from None
+    allowed = option_names(rule.fn)
+    unknown = sorted(set(cfg.rule_options) - set(allowed))
+    need(
+        not unknown,
+        f"rule-options {unknown} are not options of rule {cfg.rule!r}; it takes "
+        f"{list(allowed) or 'none'}",
+    )
+    sampled = max(1, round(cfg.fraction_train * cfg.num_clients))
+    required = rule.min_n(cfg.num_byzantine, **cfg.rule_options)
+    need(
+        sampled >= required,
+        f"rule {cfg.rule!r} with num-byzantine={cfg.num_byzantine} needs at least {required} "
+        f"nodes per round, but num-clients={cfg.num_clients} x fraction-train="
+        f"{cfg.fraction_train} gives {sampled}: every round would keep the model",
+    )
+    if cfg.attack != "none":
+        attacks = ("none", *MALICIOUS_CLIENTS)
+        need(
+            cfg.attack in MALICIOUS_CLIENTS, f"attack must be one of {attacks}, got {cfg.attack!r}"
+        )
+        takes = MALICIOUS_CLIENTS[cfg.attack].allowed_options
+        unknown = sorted(set(cfg.attack_options) - takes)
+        need(
+            not unknown,
+            f"attack-options {unknown} are not options of attack {cfg.attack!r}; it takes "
+            f"{sorted(takes) or 'none'}",
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -188,8 +189,9 @@ def run_experiment(
             except ValueError as err:  # a different run, a damaged record or checkpoint
                 if not keep_going:
                     raise
-                outcomes.append(RunOutcome(cfg, None, "failed", f"{type(err).__name__}: {err}"))
-                bar.run_done(cfg, failed=True)
+                error = f"{type(err).__name__}: {err}"
+                outcomes.append(RunOutcome(cfg, None, "failed", error))
+                bar.run_done(cfg, failed=True, error=error)
                 continue
             if status == "finished":
                 record = RunStore(cfg.run_dir).load_record()
@@ -209,8 +211,9 @@ def run_experiment(
             except Exception as err:
                 if not keep_going:
                     raise
-                outcomes.append(RunOutcome(cfg, None, "failed", f"{type(err).__name__}: {err}"))
-                bar.run_done(cfg, failed=True)
+                error = f"{type(err).__name__}: {err}"
+                outcomes.append(RunOutcome(cfg, None, "failed", error))
+                bar.run_done(cfg, failed=True, error=error)
                 continue
             outcomes.append(RunOutcome(cfg, record, action))
             bar.run_done(cfg)
@@ -227,18 +230,29 @@ def run_experiment(
 
 
 class _Progress:
-    """Two rich progress bars (runs, rounds of the current run); no-op when disabled."""
+    """Progress of a sweep: two rich bars on a terminal, plain flushed lines otherwise.
 
-    def __init__(self, enabled: bool, total_runs: int) -> None:
+    Plain mode (a log file, CI, ``nohup``) prints one line when a run starts, one every tenth of
+    its rounds (with the last test accuracy) and one when it ends, so a long sweep can be
+    followed with ``tail -f``. Disabled: silent.
+    """
+
+    def __init__(self, enabled: bool, total_runs: int, plain: bool | None = None) -> None:
         self.enabled = enabled
         self.total_runs = total_runs
+        self.plain = (not sys.stdout.isatty()) if plain is None else plain
         self._progress: Any = None
         self._runs_task: Any = None
         self._round_task: Any = None
         self._t0 = time.perf_counter()
+        self._run_t0 = self._t0
+        self._finished_runs = 0
+        self._next_line_round = 0
+        self._line_step = 1
+        self._last_acc: float | None = None
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
+        if self.enabled and not self.plain:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -264,7 +278,22 @@ class _Progress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
+    def _line(self, text: str) -> None:
+        elapsed = time.perf_counter() - self._t0
+        print(f"[{elapsed:8.0f}s] {text}", flush=True)
+
+    def _plain_on(self) -> bool:
+        return self.enabled and self.plain
+
     def start_run(self, cfg: RunConfig, done: int) -> None:
+        self._run_t0 = time.perf_counter()
+        self._last_acc = None
+        self._line_step = max(1, cfg.num_rounds // 10)
+        self._next_line_round = done + self._line_step
+        if self._plain_on():
+            start = f"resuming at round {done + 1}" if done else "starting"
+            position = f"run {self._finished_runs + 1}/{self.total_runs}"
+            self._line(f"{position} {cfg.run_name}: {start} ({cfg.num_rounds} rounds)")
         if self._progress is None:
             return
         if self._round_task is not None:
@@ -274,17 +303,35 @@ class _Progress:
         )
 
     def on_round(self, cfg: RunConfig, round_number: int, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("test-accuracy")
+        if isinstance(acc, float):
+            self._last_acc = acc
+        info = f"acc {acc:.3f}" if isinstance(acc, float) else ""
+        if self._plain_on() and round_number >= self._next_line_round:
+            self._next_line_round = round_number + self._line_step
+            last = self._last_acc
+            acc_text = f", test accuracy {last:.4f}" if last is not None else ""
+            self._line(f"  {cfg.run_name}: round {round_number}/{cfg.num_rounds}{acc_text}")
         if self._progress is None or self._round_task is None:
             return
-        acc = metrics.get("test-accuracy")
-        info = f"acc {acc:.3f}" if isinstance(acc, float) else ""
         self._progress.update(self._round_task, completed=round_number, info=info)
 
     def run_done(
-        self, cfg: RunConfig, skipped: bool = False, failed: bool = False, busy: bool = False
+        self,
+        cfg: RunConfig,
+        skipped: bool = False,
+        failed: bool = False,
+        busy: bool = False,
+        error: str | None = None,
     ) -> None:
-        if self._progress is None:
-            return
+        self._finished_runs += 1
         note = "skipped (finished)" if skipped else ("FAILED" if failed else "done")
         note = "busy (another runner)" if busy else note
+        if self._plain_on():
+            took = "" if skipped else f" in {time.perf_counter() - self._run_t0:.0f}s"
+            why = f": {error}" if error else ""
+            position = f"run {self._finished_runs}/{self.total_runs}"
+            self._line(f"{position} {cfg.run_name}: {note}{took}{why}")
+        if self._progress is None:
+            return
         self._progress.update(self._runs_task, advance=1, info=f"{cfg.run_name}: {note}")

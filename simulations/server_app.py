@@ -231,8 +231,22 @@ def adversary_needs(cfg: RunConfig) -> str:
 
 
 def needs_coordinator(cfg: RunConfig) -> bool:
-    """Whether the attack needs the colluding coordinator (omniscient or colluding attacks)."""
-    return adversary_needs(cfg) in ("omniscient", "colluders")
+    """Whether the attack needs the colluding coordinator: omniscient or colluding attacks,
+    except those the ``AdversaryGrid`` computes once per round from the replies it reads
+    (``same_for_all``), unless the run names its own coordinator."""
+    if adversary_needs(cfg) not in ("omniscient", "colluders"):
+        return False
+    return bool(cfg.coordinator_address) or not _grid_computes_attack(cfg)
+
+
+def _grid_computes_attack(cfg: RunConfig) -> bool:
+    from clients.config import ClientConfig
+    from clients.malicious import make_malicious_client
+
+    probe = ClientConfig.from_configs(
+        cfg.to_flower(), {"partition-id": 0, "num-partitions": cfg.num_clients}
+    )
+    return make_malicious_client(probe).same_for_all
 
 
 def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str) -> Grid:
@@ -279,8 +293,13 @@ def coordinator_for(cfg: RunConfig) -> Iterator[str]:
 
 
 def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, float]], ArrayRecord]:
-    """Centralised test evaluation and the initial model (seeded by ``cfg.seed``)."""
-    from flwr_byz import data, models
+    """Centralised test evaluation and the initial model (seeded by ``cfg.seed``).
+
+    Under ``alie_backdoor`` it also records ``backdoor-accuracy`` (ALIE Table 2: the share of
+    triggered test images whose true label is not the target that the model classifies as the
+    target), so the backdoor's success is measured on the global model every evaluation."""
+    from clients.malicious import backdoor_accuracy
+    from flwr_byz import attacks, data, models
 
     split = data.load_dataset(
         cfg.dataset, root=cfg.data_root or None, seed=cfg.seed, test_fraction=cfg.test_fraction
@@ -297,7 +316,13 @@ def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, fl
     def evaluate(arrays: ArrayRecord) -> dict[str, float]:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = models.evaluate(model, split.test_x, split.test_y)
-        return {"test-loss": loss, "test-accuracy": accuracy}
+        values = {"test-loss": loss, "test-accuracy": accuracy}
+        if cfg.attack == "alie_backdoor":
+            trigger = data.max_intensity(cfg.dataset)
+            values["backdoor-accuracy"] = backdoor_accuracy(
+                model, split.test_x, split.test_y, trigger, attacks.BACKDOOR_TARGET
+            )
+        return values
 
     return evaluate, initial
 
@@ -497,7 +522,44 @@ def _rounds(
         record.summary = run_summary(cfg, rounds)
         store.write_record(record)
     log_summary(cfg, record.summary)
+    problem = idle_run_problem(cfg, rounds, record.summary)
+    if problem is not None:
+        if cfg.idle_run == "warn":
+            log(WARNING, "%s: %s (idle-run = warn: finished anyway)", cfg.run_name, problem)
+        else:
+            record.status = "failed"
+            record.summary = {**record.summary, "error": problem}
+            store.write_record(record, include_rounds=True)
+            log(
+                ERROR,
+                "%s: %s; the run failed (set idle-run = warn to accept)",
+                cfg.run_name,
+                problem,
+            )
+            raise IdleRunError(f"{cfg.run_name}: {problem}")
     return record
+
+
+class IdleRunError(RuntimeError):
+    """The run went through its rounds, but the rule never aggregated or the attack never ran."""
+
+
+def idle_run_problem(
+    cfg: RunConfig, rounds: list[dict[str, Any]], summary: Mapping[str, Any]
+) -> str | None:
+    """Why the run measured nothing it was asked to: every round kept the model (the rule never
+    aggregated), or the configured attack never replied a usable vector; None when it did."""
+    train = [r for r in rounds if int(r.get("round", 0)) >= 1]
+    if train and all(float(r.get("kept-model", 0.0)) > 0 for r in train):
+        reasons = sorted({str(r.get("kept-reason", "")) for r in train} - {""})
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        return f"the rule never aggregated: all {len(train)} rounds kept the model{why}"
+    if summary.get("attack-ran") is False:
+        return (
+            f"the configured attack {cfg.attack!r} never ran: no attacker replied a usable "
+            f"vector in {len(train)} rounds"
+        )
+    return None
 
 
 @dataclass
@@ -515,7 +577,8 @@ def run_summary(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """What happened besides the numbers: ``lost-partitions`` (nodes lost during the run) and,
     under an attack, ``attack-rounds`` (rounds in which an attacker replied a usable vector)
     and ``attack-ran`` (whether there was any); ``max-test-accuracy`` and
-    ``final-test-accuracy`` over the evaluated rounds (``eval-every``)."""
+    ``final-test-accuracy`` over the evaluated rounds (``eval-every``), and the same two of
+    ``backdoor-accuracy`` where it was measured."""
     train = [r for r in rounds if int(r.get("round", 0)) >= 1]
     out: dict[str, Any] = {
         "lost-partitions": sorted({int(p) for r in train for p in r.get("lost-partitions", [])})
@@ -523,6 +586,11 @@ def run_summary(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     accuracies = [float(r["test-accuracy"]) for r in train if "test-accuracy" in r]
     if accuracies:  # over the evaluated rounds (eval-every), the initial model excluded
         out.update({"max-test-accuracy": max(accuracies), "final-test-accuracy": accuracies[-1]})
+    backdoor = [float(r["backdoor-accuracy"]) for r in train if "backdoor-accuracy" in r]
+    if backdoor:
+        out.update(
+            {"max-backdoor-accuracy": max(backdoor), "final-backdoor-accuracy": backdoor[-1]}
+        )
     if cfg.attack != "none":
         ran = sum(1 for r in train if int(r.get("attack-replies", 0)) > 0)
         out.update({"attack-rounds": ran, "attack-ran": ran > 0})

@@ -102,15 +102,64 @@ def test_vector_computed_once_equals_the_pure_attack_and_the_fetched_one(
             assert message.content["config"][EAVESDROP_KEY] is False
 
 
-def test_attacks_not_same_for_all_are_left_to_the_clients() -> None:
-    config = {**BASE_CONFIG, "attack": "alie", "num-byzantine": F}
-    partition_of = {node: node - 1 for node in range(1, N + 1)}
-    colluding = {**config, "attack-options": json.dumps({"omniscient": False})}
-    for run_config, needs in ((colluding, "colluders"), ({**config, "attack": "sign_flip"}, "own")):
-        grid = AdversaryGrid(
-            make_grid(N, run_config), [1], needs, run_config=run_config, partition_of=partition_of
+def test_colluding_alie_once_from_the_colluders_own_vectors_equals_the_fetched_one(
+    arrays0: Any,
+) -> None:
+    """Non-omniscient ALIE: the grid reads the collect phase's replies (the colluders' own honest
+    vectors, never the honest nodes'), computes the vector once, and it equals what each
+    colluder computed from the coordinator before."""
+    options = {**_config("alie", {"z": 1.5, "omniscient": False, "sigma": "population"})}
+    grid = make_grid(N, options)
+    roles = discover_roles(grid)
+    byzantine = sorted(node for node, (_, is_byz) in roles.items() if is_byz)
+    partition_of = {node: pid for node, (pid, _) in roles.items()}
+    with start_coordinator() as coordinator:
+        old = run_round(
+            AdversaryGrid(grid, byzantine, "colluders", coordinator.address), arrays0, 2
         )
-        assert not grid.computes_vector
+    recording = RecordingGrid(grid)
+    once = AdversaryGrid(
+        recording,
+        byzantine,
+        "colluders",
+        run_config={**BASE_CONFIG, **options},
+        partition_of=partition_of,
+    )
+    assert once.computes_vector
+    new = run_round(once, arrays0, 2)  # no coordinator at all
+    collect = [m for m in recording.sent if m.content["config"].get("byz-phase") == "collect"]
+    assert sorted(m.metadata.dst_node_id for m in collect) == byzantine
+    # the colluders' own honest vectors: what an honest node of that partition would send
+    own = torch.stack(
+        [_vector(old_honest) for old_honest in _honest_replies(N, arrays0, byzantine)]
+    )
+    expected = attacks.alie(own, N, F, z=1.5, sigma="population").to(torch.float32)
+    for node in byzantine:
+        assert torch.equal(_vector(new[node]), expected)
+        assert torch.allclose(_vector(old[node]), expected, rtol=1e-6, atol=1e-7)
+    for node in set(new) - set(byzantine):
+        assert torch.equal(_vector(new[node]), _vector(old[node]))
+
+
+def _honest_replies(n: int, arrays0: Any, nodes: list[int]) -> list[Message]:
+    """The replies the Byzantine partitions would send as honest nodes (no attack)."""
+    grid = make_grid(n, {**BASE_CONFIG, "attack": "none", "num-byzantine": F, "rule": "krum"})
+    replies = run_round(grid, arrays0, 2)
+    return [replies[node] for node in nodes]
+
+
+def test_attacks_not_same_for_all_are_left_to_the_clients() -> None:
+    config = {**BASE_CONFIG, "attack": "sign_flip", "num-byzantine": F}
+    partition_of = {node: node - 1 for node in range(1, N + 1)}
+    grid = AdversaryGrid(
+        make_grid(N, config), [1], "own", run_config=config, partition_of=partition_of
+    )
+    assert not grid.computes_vector
+    backdoor = {**config, "attack": "alie_backdoor", "attack-options": '{"omniscient": false}'}
+    grid = AdversaryGrid(
+        make_grid(N, backdoor), [1], "colluders", run_config=backdoor, partition_of=partition_of
+    )
+    assert not grid.computes_vector  # trained on each colluder's own data
     with pytest.raises(ValueError, match="partition_of"):
         AdversaryGrid(make_grid(N, config), [1], "omniscient", run_config=config)
 

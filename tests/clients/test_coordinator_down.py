@@ -15,7 +15,7 @@ from clients.coordinator import start_coordinator
 from flwr_byz import models
 from simulations import engines
 from simulations.experiment import RunConfig
-from simulations.server_app import run_summary
+from simulations.server_app import IdleRunError, idle_run_problem, run_summary
 
 
 def dead_address() -> str:
@@ -73,10 +73,13 @@ def test_run_with_dead_coordinator_trains_and_reports_no_attack(tmp_path: Path) 
         results_dir=str(tmp_path),
         run_name="dead-coordinator",
     )
-    record = engines.run(cfg)
-    assert record.status == "finished"
+    with pytest.raises(IdleRunError, match="attack 'alie' never ran"):
+        engines.run(cfg)  # a run whose attack never ran does not say it completed
     result = json.loads((cfg.run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "never ran" in result["error"]
     assert result["attack-ran"] is False and result["attack-rounds"] == 0
+    accepted = cfg.replace(idle_run="warn", run_name="dead-coordinator-warn")
+    assert engines.run(accepted).status == "finished"  # the user opted out
     rounds = [r for r in result["rounds"] if r["round"] >= 1]
     for metrics in rounds:
         assert metrics["attackers-sampled"] == 1 and metrics["attack-replies"] == 0, metrics
@@ -94,3 +97,24 @@ def test_run_summary_counts_rounds_with_usable_attack_vectors() -> None:
         "attack-ran": True,
     }
     assert "attack-ran" not in run_summary(cfg.replace(attack="none", num_byzantine=0), rounds)
+
+
+def test_idle_run_problem_names_what_never_happened() -> None:
+    cfg = RunConfig(num_clients=4, num_byzantine=1, attack="alie")
+    kept = [
+        {"round": 0},
+        {"round": 1, "kept-model": 1.0, "kept-reason": "2 usable replies, median needs 3"},
+        {"round": 2, "kept-model": 1.0, "kept-reason": "2 usable replies, median needs 3"},
+    ]
+    problem = idle_run_problem(cfg, kept, run_summary(cfg, kept))
+    assert problem is not None and "never aggregated: all 2 rounds" in problem
+    assert "median needs 3" in problem
+    moved = [
+        {"round": 1, "kept-model": 1.0, "attack-replies": 1},
+        {"round": 2, "attack-replies": 1},
+    ]
+    assert idle_run_problem(cfg, moved, run_summary(cfg, moved)) is None
+    silent = [{"round": 1, "attack-replies": 0}]
+    assert "never ran" in str(idle_run_problem(cfg, silent, run_summary(cfg, silent)))
+    clean = cfg.replace(attack="none", num_byzantine=0)
+    assert idle_run_problem(clean, silent, run_summary(clean, silent)) is None

@@ -133,3 +133,31 @@ def test_honest_client_cycles_through_its_shard() -> None:
         assert torch.equal(labels, split.train_y[picks]) and torch.equal(
             images, split.train_x[picks]
         )
+
+
+def test_backdoor_accuracy_is_measured_centrally_under_the_backdoor_attack(tmp_path: Path) -> None:
+    """ALIE Table 2: the global model's backdoor accuracy at every evaluation, max and final."""
+    from clients.malicious import backdoor_accuracy
+    from flwr_byz import attacks
+    from simulations.server_app import make_evaluator
+
+    cfg = tiny(tmp_path, attack="alie_backdoor", num_byzantine=1)
+    evaluate, initial = make_evaluator(cfg)
+    values = evaluate(initial)
+    split = data.load_dataset(cfg.dataset, seed=cfg.seed, test_fraction=cfg.test_fraction)
+    model = models.build(
+        cfg.model, num_classes=split.num_classes, in_shape=tuple(split.train_x.shape[1:]), seed=1
+    )
+    model.load_state_dict(initial.to_torch_state_dict())
+    expected = backdoor_accuracy(
+        model, split.test_x, split.test_y, data.max_intensity(cfg.dataset), attacks.BACKDOOR_TARGET
+    )
+    assert values["backdoor-accuracy"] == expected
+    assert "backdoor-accuracy" not in make_evaluator(tiny(tmp_path))[0](initial)
+    rounds = [
+        {"round": 1, "test-accuracy": 0.5, "backdoor-accuracy": 0.25},
+        {"round": 2, "test-accuracy": 0.6, "backdoor-accuracy": 0.125},
+    ]
+    summary = run_summary(cfg, rounds)
+    assert summary["max-backdoor-accuracy"] == 0.25
+    assert summary["final-backdoor-accuracy"] == 0.125

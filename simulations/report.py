@@ -1,0 +1,270 @@
+"""Reproduction report of an experiment: runs grouped by case (every field but the seed), the
+accuracies as mean +- std over seeds, how often the rule let a Byzantine vector in, and plots
+of accuracy (mean, with the band between the lowest and highest seed) and variance-norm ratio
+against the round, one figure per (n, f, attack).
+
+``flwr-byz report RESULTS/EXPERIMENT --out DIR`` writes ``report.csv``, ``report.md`` and the
+PNGs; docs/REPRODUCTION.md is built from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulations.results import RunRecord, load_records
+
+SEED_SUFFIX = re.compile(r"_seed=\d+$")
+REPORT_FIELDS = (
+    "case",
+    "rule",
+    "rule-options",
+    "attack",
+    "f",
+    "n",
+    "seeds",
+    "rounds",
+    "max-acc-mean",
+    "max-acc-std",
+    "final-acc-mean",
+    "final-acc-std",
+    "max-backdoor-mean",
+    "max-backdoor-std",
+    "final-backdoor-mean",
+    "final-backdoor-std",
+    "byz-influence-mean",
+    "byz-rounds-share",
+    "kept-model-rounds",
+)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def series(record: RunRecord, key: str) -> tuple[list[int], list[float]]:
+    """(rounds, values) of ``key`` over the training rounds (the initial model excluded)."""
+    xs, ys = [], []
+    for row in record.rounds:
+        rnd, value = int(row.get("round", 0)), _number(row.get(key))
+        if rnd >= 1 and value is not None:
+            xs.append(rnd)
+            ys.append(value)
+    return xs, ys
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value); (None, None) for none."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+@dataclass
+class Case:
+    """The runs of one case (all seeds) and what the report says of them."""
+
+    name: str
+    records: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.records[0].config
+
+    @property
+    def group(self) -> str:
+        """The figure this case is drawn in: n, f and attack."""
+        cfg = self.config
+        return f"n={cfg.get('num-clients')}, f={cfg.get('num-byzantine')}, {self.attack_text()}"
+
+    def attack_text(self) -> str:
+        cfg = self.config
+        fault = str(cfg.get("channel-fault", "none"))
+        attack = str(cfg.get("attack", "none"))
+        return f"channel fault {fault}" if fault != "none" else f"attack {attack}"
+
+    @property
+    def label(self) -> str:
+        cfg = self.config
+        options = str(cfg.get("rule-options", "{}"))
+        return str(cfg.get("rule")) + ("" if options in ("{}", "") else f" {options}")
+
+    def per_seed(self, key: str, pick: str) -> list[float]:
+        """``pick`` ("max" or "final") of ``key`` for each seed that recorded it."""
+        out = []
+        for record in self.records:
+            _, ys = series(record, key)
+            if ys:
+                out.append(max(ys) if pick == "max" else ys[-1])
+        return out
+
+    def row(self) -> dict[str, Any]:
+        cfg = self.config
+        influence = [v for rec in self.records for v in series(rec, "byzantine-influence")[1]]
+        kept = [v for rec in self.records for v in series(rec, "kept-model")[1]]
+        row: dict[str, Any] = {
+            "case": self.name,
+            "rule": cfg.get("rule"),
+            "rule-options": cfg.get("rule-options", "{}"),
+            "attack": self.attack_text().rsplit(" ", 1)[-1],
+            "f": cfg.get("num-byzantine"),
+            "n": cfg.get("num-clients"),
+            "seeds": len(self.records),
+            "rounds": min(rec.completed_rounds for rec in self.records),
+            "byz-influence-mean": mean_std(influence)[0],
+            "byz-rounds-share": (
+                sum(1 for v in influence if v > 0) / len(influence) if influence else None
+            ),
+            "kept-model-rounds": sum(1 for v in kept if v > 0),
+        }
+        for key, prefix in (("test-accuracy", "acc"), ("backdoor-accuracy", "backdoor")):
+            for pick in ("max", "final"):
+                mean, std = mean_std(self.per_seed(key, pick))
+                row[f"{pick}-{prefix}-mean"], row[f"{pick}-{prefix}-std"] = mean, std
+        return row
+
+
+def cases(records: dict[str, RunRecord]) -> list[Case]:
+    """Finished runs grouped by their name without the seed, in name order."""
+    grouped: dict[str, Case] = {}
+    for name, record in sorted(records.items()):
+        if record.status != "finished":
+            continue
+        key = SEED_SUFFIX.sub("", Path(name).name)
+        grouped.setdefault(key, Case(key)).records.append(record)
+    return list(grouped.values())
+
+
+def _pct(mean: Any, std: Any) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f} +- {100 * std:.1f}"
+
+
+def markdown(rows: Iterable[dict[str, Any]]) -> str:
+    """The report as a Markdown table (accuracies in percent, mean +- std over seeds)."""
+    rows = list(rows)
+    backdoor = any(r["max-backdoor-mean"] is not None for r in rows)
+    head = ["case", "seeds", "max acc %", "final acc %"]
+    head += ["max backdoor %", "final backdoor %"] if backdoor else []
+    head += ["Byzantine influence", "rounds with Byzantine influence"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r["case"]), str(r["seeds"])]
+        cells += [_pct(r["max-acc-mean"], r["max-acc-std"])]
+        cells += [_pct(r["final-acc-mean"], r["final-acc-std"])]
+        if backdoor:
+            cells += [_pct(r["max-backdoor-mean"], r["max-backdoor-std"])]
+            cells += [_pct(r["final-backdoor-mean"], r["final-backdoor-std"])]
+        infl, share = r["byz-influence-mean"], r["byz-rounds-share"]
+        cells += ["-" if infl is None else f"{infl:.3f}", "-" if share is None else f"{share:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _band(case: Case, key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Rounds every seed recorded, with mean, lowest and highest value over the seeds."""
+    per = [dict(zip(*series(rec, key), strict=True)) for rec in case.records]
+    common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    means = [sum(p[x] for p in per) / len(per) for x in common]
+    return (
+        common,
+        means,
+        [min(p[x] for p in per) for x in common],
+        [max(p[x] for p in per) for x in common],
+    )
+
+
+def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Path]:
+    """One accuracy and one variance-norm-ratio figure per group (n, f, attack)."""
+    from simulations.plots import _pyplot
+
+    plt = _pyplot()
+    if plt is None:
+        return []
+    written: list[Path] = []
+    groups: dict[str, list[Case]] = {}
+    baselines = [case for case in all_cases if case.attack_text() == "attack none"]
+    for case in all_cases:
+        if case not in baselines or len(baselines) == len(all_cases):
+            groups.setdefault(case.group, []).append(case)
+    for members in groups.values():  # the attack-free runs as the reference in every figure
+        members.extend(b for b in baselines if b not in members)
+    styles = ["-", "--", "-.", ":"]
+    for index, (group, members) in enumerate(groups.items()):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", group).strip("_")
+        for key, ylabel, log in (
+            ("test-accuracy", "test accuracy", False),
+            ("variance-norm-ratio", "variance-norm ratio (honest std / honest mean norm)", True),
+        ):
+            fig, ax = plt.subplots(figsize=(7.5, 4.5))
+            drawn = False
+            for position, case in enumerate(members):
+                xs, mean, low, high = _band(case, key)
+                if log:
+                    keep = [i for i, v in enumerate(mean) if v > 0]
+                    xs, mean = [xs[i] for i in keep], [mean[i] for i in keep]
+                    low, high = [low[i] for i in keep], [high[i] for i in keep]
+                if not xs:
+                    continue
+                drawn = True
+                style = styles[position % len(styles)]
+                seeds = len(case.records)
+                label = f"{case.label} ({seeds})"
+                if case in baselines and len(baselines) < len(all_cases):
+                    label = f"{case.label}, no attack, f=0 ({seeds})"
+                (line,) = ax.plot(xs, mean, style, linewidth=1.3, label=label)
+                if seeds > 1:
+                    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+            if not drawn:
+                plt.close(fig)
+                continue
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel("round (step)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{title}: {group}", fontsize="medium")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="x-small", loc="best", title="rule (seeds)")
+            fig.tight_layout()
+            name = "accuracy" if key == "test-accuracy" else "variance_norm_ratio"
+            path = out_dir / f"{name}_{index}_{slug}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """``report.csv``, ``report.md`` and the figures of the finished runs under ``results_dir``."""
+    records = load_records(results_dir)
+    all_cases = cases(records)
+    if not all_cases:
+        raise ValueError(f"no finished run under {results_dir}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [case.row() for case in all_cases]
+    with open(out / "report.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "report.md").write_text(markdown(rows), encoding="utf-8")
+    written = [out / "report.csv", out / "report.md"]
+    if plots:
+        written += plot_cases(all_cases, out, Path(results_dir).name)
+    return written
