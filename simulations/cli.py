@@ -49,8 +49,11 @@ def _experiment(args: argparse.Namespace) -> Experiment:
     experiment = load_experiment(args.config, overrides=overrides, results_dir=args.results)
     if args.quick:
         quick = quick_overrides(experiment)
+        automatic = [key for key in quick if key not in overrides]  # not the user's: unnamed
         quick.update(overrides)
-        experiment = load_experiment(args.config, overrides=quick, results_dir=args.results)
+        experiment = load_experiment(
+            args.config, overrides=quick, results_dir=args.results, unnamed=automatic
+        )
     return experiment
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -528,8 +528,28 @@ _NAME_ORDER = (
 )
 
 
-def name_runs(points: list[dict[str, Any]]) -> tuple[list[str], tuple[str, ...]]:
-    """Run names made of the fields that vary across points, e.g. ``rule=krum_attack=alie``.
+# Overridden fields that stay out of run names: where results and data go, for how long a run
+# goes on (a longer run continues the shorter one), and devices.
+_UNNAMED_OVERRIDES = (
+    "num_rounds",
+    "results_dir",
+    "data_root",
+    "device",
+    "client_device",
+    "idle_run",
+    "node_wait_timeout",
+    "coordinator_timeout",
+    "client_state_dir",
+    "experiment",
+    "run_name",
+)
+
+
+def name_runs(
+    points: list[dict[str, Any]], named: Collection[str] = ()
+) -> tuple[list[str], tuple[str, ...]]:
+    """Run names made of the fields that vary across points, e.g. ``rule=krum_attack=alie``,
+    and of the fields in ``named`` (the command line's overrides) even when they do not vary.
 
     Option dicts enter a name only when needed to tell runs apart; ``seed`` comes last.
     """
@@ -543,9 +563,11 @@ def name_runs(points: list[dict[str, Any]]) -> tuple[list[str], tuple[str, ...]]
         return len({json.dumps(c.get(n), sort_keys=True, default=str) for c in canon}) > 1
 
     swept = tuple(n for n in fields if varies(n))
-    ordered = [n for n in _NAME_ORDER if n in swept]
-    ordered += [n for n in swept if n not in ordered and n != "seed" and n not in _DICT_FIELDS]
-    ordered += [n for n in ("seed",) if n in swept]
+    shown = swept + tuple(n for n in fields if n in named and n not in swept)
+    ordered = [n for n in _NAME_ORDER if n in shown]
+    ordered += [n for n in shown if n not in ordered and n != "seed" and n not in _DICT_FIELDS]
+    ordered += [n for n in _DICT_FIELDS if n in shown and n not in swept]  # overridden options
+    ordered += [n for n in ("seed",) if n in shown]
 
     def labels_for(names: list[str]) -> list[str]:
         return [
@@ -566,6 +588,20 @@ def name_runs(points: list[dict[str, Any]]) -> tuple[list[str], tuple[str, ...]]
         seen[label] = count + 1
         unique.append(label if count == 0 else f"{label}_{count}")
     return unique, swept
+
+
+def _distinct(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points in order, each once: overrides can make two cases the same run."""
+    seen: set[str] = set()
+    out = []
+    for point in points:
+        key = json.dumps(
+            {to_attr(str(k)): v for k, v in point.items()}, sort_keys=True, default=str
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+    return out
 
 
 def load_spec(path_or_name: str | Path) -> tuple[str, dict[str, Any]]:
@@ -591,11 +627,14 @@ def build_experiment(
     name: str = "experiment",
     overrides: Mapping[str, Any] | None = None,
     results_dir: str | None = None,
+    unnamed: Collection[str] = (),
 ) -> Experiment:
     """Validate a spec and expand it into typed runs.
 
     ``overrides`` (field -> value, applied over every point, e.g. ``num-rounds``) may
-    themselves be lists to sweep. Each run's ``run_name`` is ``<experiment>/<label>``.
+    themselves be lists to sweep. Each run's ``run_name`` is ``<experiment>/<label>``; the label
+    names every overridden field (but those in ``unnamed`` and where results, data and devices
+    are, and ``num-rounds``), so an override never reuses the runs of another setting.
     """
     spec = {
         k if k in META_KEYS else to_key(to_attr(str(k))): v
@@ -617,8 +656,10 @@ def build_experiment(
             for case in spec.get("cases") or []:
                 if isinstance(case, dict):
                     case.pop(dashed, None)
-    points = expand_points(spec)
-    labels, swept = name_runs(points)
+    points = _distinct(expand_points(spec))
+    skip = set(_UNNAMED_OVERRIDES) | {to_attr(str(k)) for k in unnamed}
+    named = [n for n in (to_attr(str(k)) for k in overrides or {}) if n not in skip]
+    labels, swept = name_runs(points, named)
     runs = []
     for point, label in zip(points, labels, strict=True):
         values = {to_attr(str(k)): v for k, v in point.items()}
@@ -639,10 +680,13 @@ def load_experiment(
     path_or_name: str | Path,
     overrides: Mapping[str, Any] | None = None,
     results_dir: str | None = None,
+    unnamed: Collection[str] = (),
 ) -> Experiment:
     """Load, validate and expand an experiment YAML (path or name in ``configs/``)."""
     name, spec = load_spec(path_or_name)
     try:
-        return build_experiment(spec, name=name, overrides=overrides, results_dir=results_dir)
+        return build_experiment(
+            spec, name=name, overrides=overrides, results_dir=results_dir, unnamed=unnamed
+        )
     except ValueError as err:
         raise ValueError(f"{path_or_name}: {err}") from err

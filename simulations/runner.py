@@ -226,6 +226,7 @@ def run_experiment(
             from simulations import plots as plotting
 
             plotting.plot_experiment(outcomes, out_dir)
+        print(f"results: {out_dir.resolve()} (summary.csv, one folder per run)", flush=True)
     return outcomes
 
 

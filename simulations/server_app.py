@@ -678,7 +678,10 @@ def _attack_metrics(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: the run config of ``context`` -> :func:`run_server`."""
-    run_server(grid, config_from_context(context.run_config))
+    cfg = config_from_context(context.run_config)
+    log(INFO, "%s: results go to %s", cfg.run_name, cfg.run_dir.resolve())
+    record = run_server(grid, cfg)
+    log(INFO, "%s: %s; results in %s", cfg.run_name, record.status, cfg.run_dir.resolve())
 
 
 class _DropKnownNoise(logging.Filter):

@@ -80,3 +80,27 @@ def test_the_flower_app_config_declares_every_run_config_field() -> None:
     assert fields <= set(declared), f"undeclared: {sorted(fields - set(declared))}"
     assert set(declared) - fields == {"run-index"}
     RunConfig.from_flower(declared)  # the declared values are a valid run
+
+
+def test_overridden_fields_name_the_runs_and_equal_points_run_once() -> None:
+    spec = {
+        "num-clients": 10,
+        "num-byzantine": 2,
+        "cases": [
+            {"rule": "average", "attack": "none"},
+            {"rule": "median", "attack": "gaussian"},
+            {"rule": "krum", "attack": "alie"},
+        ],
+    }
+    plain = build_experiment(spec, name="e")
+    assert [r.run_name for r in plain.runs] == [
+        "e/rule=average_attack=none",
+        "e/rule=median_attack=gaussian",
+        "e/rule=krum_attack=alie",
+    ]
+    both = build_experiment(spec, name="e", overrides={"rule": "median", "attack": "gaussian"})
+    assert [r.run_name for r in both.runs] == ["e/rule=median_attack=gaussian"]  # one run
+    lr = build_experiment(spec, name="e", overrides={"learning-rate": 0.3, "num-rounds": 5})
+    assert lr.runs[0].run_name == "e/rule=average_attack=none_lr=0.3"  # rounds stay unnamed
+    quick = build_experiment(spec, name="e", overrides={"seed": 4}, unnamed=["seed"])
+    assert quick.runs[0].run_name == "e/rule=average_attack=none"
