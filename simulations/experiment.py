@@ -65,6 +65,10 @@ class RunConfig:
     # server
     rule: str = "average"
     rule_options: dict[str, Any] = field(default_factory=dict)
+    # pre-aggregation chain before the rule: "" (none), step names "nnm,bucketing", or a JSON
+    # list of steps '[{"name": "bucketing", "s": 2}, "nnm"]' (flwr_byz.gars.preaggregation)
+    pre: str = ""
+    root_size: int = 100  # fltrust: the server's root data set, drawn from the training split
     num_byzantine: int = 0
     learning_rate: float = 0.1
     lr_schedule_r: float = 0.0
@@ -160,6 +164,10 @@ class RunConfig:
         d.pop("eval_every")  # when the test set is evaluated does not change the training
         if d["init"] == "default":  # runs recorded before the key existed keep their identity
             d.pop("init")
+        if not d["pre"]:
+            d.pop("pre")
+        if d["rule"] != "fltrust":
+            d.pop("root_size")
         return d
 
     @classmethod
@@ -187,6 +195,7 @@ _INT_FIELDS = (
     "num_rounds",
     "min_nodes",
     "eval_every",
+    "root_size",
 )
 _FLOAT_FIELDS = (
     "dirichlet_alpha",
@@ -210,6 +219,7 @@ _STR_FIELDS = (
     "update_mode",
     "momentum_place",
     "rule",
+    "pre",
     "device",
     "client_device",
     "idle_run",
@@ -392,6 +402,24 @@ def option_names(fn: Any) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
+def pre_steps(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``pre`` field as the checked chain ``[(name, options), ...]``: "" is none, a JSON
+    list holds steps as the strategies take them, else comma-separated step names."""
+    from flwr_byz.strategy import normalize_pre
+
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            steps = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not a JSON list of steps: {err}") from None
+    else:
+        steps = [name.strip() for name in text.split(",")]
+    return normalize_pre(steps)
+
+
 def _validate_registries(cfg: RunConfig) -> None:
     """Names and options against the registries, and n against the rule's requirement for f,
     so that a bad run fails when the config is read, not in round 1 (errors name the field)."""
@@ -429,6 +457,11 @@ def _validate_registries(cfg: RunConfig) -> None:
         f"nodes per round, but num-clients={cfg.num_clients} x fraction-train="
         f"{cfg.fraction_train} gives {sampled}: every round would keep the model",
     )
+    try:
+        pre_steps(cfg.pre)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"pre: {err}") from None
+    need(cfg.root_size >= 1, f"root-size must be >= 1, got {cfg.root_size}")
     if cfg.attack != "none":
         attacks = ("none", *MALICIOUS_CLIENTS)
         need(

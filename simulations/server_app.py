@@ -27,7 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from clients.grid_wrapper import GridWrapper
-from simulations.experiment import RunConfig, build_experiment, load_spec
+from simulations.experiment import RunConfig, build_experiment, load_spec, pre_steps
 from simulations.results import (
     Checkpoint,
     RunLock,
@@ -124,10 +124,17 @@ def build_strategy(cfg: RunConfig) -> Any:
     from flwr_byz.strategy import RobustStrategy
 
     server_momentum = cfg.momentum if cfg.momentum_place == "server" else 0.0
+    extra: dict[str, Any] = {}
+    if cfg.rule == "fltrust":  # the server's update on its root data set
+        from simulations.fltrust_root import make_root_update
+
+        extra["server_update_fn"] = make_root_update(cfg)
     return RobustStrategy(
         cfg.rule,
         num_byzantine=cfg.num_byzantine,
         rule_options=dict(cfg.rule_options),
+        pre=pre_steps(cfg.pre),
+        **extra,
         device=cfg.device,
         update_mode=cfg.update_mode,
         learning_rate=cfg.learning_rate if cfg.update_mode == "gradient" else None,
@@ -335,10 +342,16 @@ def _optimizer(strategy: Any) -> Any:
 
 
 def strategy_state(strategy: Any) -> dict[str, Any]:
-    """The strategy's state that must survive a resume (server momentum buffer)."""
+    """The strategy's state that must survive a resume: the server momentum buffer and
+    centered clipping's previous output (``center``), as CPU tensors (or None)."""
     opt = _optimizer(strategy)
     buffer = getattr(opt, "momentum_buffer", None)
-    return {"momentum_buffer": None if buffer is None else buffer.detach().cpu().clone()}
+    aggregator = getattr(strategy, "aggregator", None)
+    center = aggregator.state_dict().get("center") if aggregator is not None else None
+    return {
+        "momentum_buffer": None if buffer is None else buffer.detach().cpu().clone(),
+        "center": None if center is None else torch.from_numpy(center),
+    }
 
 
 def load_strategy_state(strategy: Any, state: Mapping[str, Any]) -> None:
@@ -349,6 +362,13 @@ def load_strategy_state(strategy: Any, state: Mapping[str, Any]) -> None:
         if opt is None or not hasattr(opt, "momentum_buffer"):
             raise ValueError("checkpoint holds a server momentum buffer but the strategy has none")
         opt.momentum_buffer = buffer.to(strategy.device)
+    center = state.get("center")
+    if center is not None:
+        aggregator = getattr(strategy, "aggregator", None)
+        if aggregator is None:
+            raise ValueError("checkpoint holds a centered-clipping center but no aggregator")
+        current = aggregator.state_dict()
+        aggregator.load_state_dict({**current, "center": center.numpy()})
 
 
 def _rng_state() -> dict[str, Any]:
