@@ -32,6 +32,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from torch import Tensor
 
+from flwr_byz._values import as_int
+
 from .grid_wrapper import GridWrapper
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
 from .malicious import (
@@ -275,7 +277,7 @@ def discover_roles(
             failures.append(f"node {node}: {reply.error.reason}")
             continue
         role = reply.content.config_records[ROLE_KEY]
-        roles[node] = (int(role["partition-id"]), bool(role["is-byzantine"]))
+        roles[node] = (as_int(role["partition-id"], "partition-id"), bool(role["is-byzantine"]))
     missing = sorted(set(node_ids) - set(roles))
     if failures or missing:
         raise RuntimeError(

@@ -26,6 +26,7 @@ from flwr.common.logger import log
 from torch import Tensor
 
 from flwr_byz import attacks
+from flwr_byz._values import as_float, as_int
 
 from .config import ClientConfig
 from .coordinator import CoordinatorClient, CoordinatorError
@@ -160,7 +161,7 @@ def handle_train(message: Message, context: Context) -> Message:
     """One training round for this node, honest or Byzantine (see the module docstring)."""
     cfg = client_config(context)
     train_config = _train_config(message)
-    rnd = int(train_config.get("server-round", 0))
+    rnd = as_int(train_config.get("server-round", 0), "server-round")
     state = _arrays_state(message)
     needs = adversary_needs(cfg)
 
@@ -187,14 +188,14 @@ def _byzantine_train(
 ) -> Message:
     """The Byzantine node's round (``handle_train``); coordinator failures propagate."""
     client = make_malicious_client(cfg)
-    honest_count = int(train_config.get(HONEST_COUNT_KEY, cfg.num_honest))
+    honest_count = as_int(train_config.get(HONEST_COUNT_KEY, cfg.num_honest), HONEST_COUNT_KEY)
     attackers = cfg.num_attackers
     inputs = AttackInputs(
         cfg=cfg,
         context=context,
         state=state,
         rnd=rnd,
-        learning_rate=float(train_config.get("learning-rate", cfg.learning_rate)),
+        learning_rate=as_float(train_config.get("learning-rate", cfg.learning_rate), "lr"),
         n=honest_count + attackers,
         f=attackers,
     )
@@ -205,16 +206,16 @@ def _byzantine_train(
         vector = shared_vector(message.content)  # computed once per round by AdversaryGrid
         if vector is not None:
             return _reply(message, vector, state, 0.0, _num_examples(cfg))
+    own: LocalResult | None = None
     if needs in ("own", "colluders"):
-        inputs.own = client.honest_result(inputs)
-    if collecting and not bool(train_config.get(EAVESDROP_KEY, True)):
+        own = inputs.own = client.honest_result(inputs)
+    if own is not None and collecting and not bool(train_config.get(EAVESDROP_KEY, True)):
         # the AdversaryGrid reads the colluders' own vectors from these replies
-        own = inputs.own
-        assert own is not None
         return _reply(message, own.vector, state, own.loss, own.num_examples)
     if needs == "colluders":
+        assert own is not None
         coordinator = _coordinator(cfg, train_config, cfg.attack)
-        coordinator.publish(context.run_id, rnd, "colluder", cfg.partition_id, inputs.own.vector)
+        coordinator.publish(context.run_id, rnd, "colluder", cfg.partition_id, own.vector)
     if collecting:
         metrics = MetricRecord({"num-examples": 0})
         return Message(RecordDict({"metrics": metrics}), reply_to=message)
@@ -224,7 +225,6 @@ def _byzantine_train(
         coordinator = _coordinator(cfg, train_config, cfg.attack)
         _, inputs.known = coordinator.fetch(context.run_id, rnd, "honest", honest_count)
     vector = client.submit(inputs)
-    own: LocalResult | None = inputs.own
     loss = own.loss if own is not None else 0.0
     return _reply(message, vector, state, loss, _num_examples(cfg))
 
@@ -243,7 +243,7 @@ def evaluate(message: Message, context: Context) -> Message:
     split = dataset_for(cfg)
     model = model_with_state(cfg, _arrays_state(message), client_device(cfg.device))
     loss, accuracy = evaluate_model(model, split.test_x, split.test_y)
-    values: dict[str, float | int] = {
+    values: dict[str, int | float | list[int] | list[float]] = {
         "eval-loss": loss,
         "eval-accuracy": accuracy,
         "num-examples": int(split.test_y.numel()),

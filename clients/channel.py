@@ -42,10 +42,14 @@ def corrupt_received(
     gambler options: ``shards`` (10), ``probability`` (0.0005), ``scale`` (-1e20), ``shard``."""
     if fault == "bit_flip":
         opts = {"f": 1, "spread": "random", **options}
-        return attacks.bit_flip(received, generator=generator, **opts)
+        flipped = attacks.bit_flip(received, generator=generator, **opts)
+        assert isinstance(flipped, torch.Tensor)  # no return_mask
+        return flipped
     if fault == "gambler":
         opts = {"shards": 10, **options}
-        return attacks.gambler(received, generator=generator, **opts)
+        hit = attacks.gambler(received, generator=generator, **opts)
+        assert isinstance(hit, torch.Tensor)  # no return_mask
+        return hit
     raise ValueError(f"ChannelFaultGrid: fault must be one of {FAULTS}, got {fault!r}")
 
 

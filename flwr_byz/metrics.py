@@ -149,9 +149,13 @@ def _finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: a value of Flower's MetricRecord
+MetricValue = int | float | list[int] | list[float]
+
+
 def median_client_metrics(
     rows: Iterable[Mapping[str, Any]], exclude: Collection[str] = ()
-) -> dict[str, float | list[float]]:
+) -> dict[str, MetricValue]:
     """Per key, the median of the clients' reported values, never weighted by their counts.
 
     Clients report metrics (accuracy, loss, ``num-examples``) about themselves; a weighted or

@@ -215,7 +215,10 @@ def flat_grad(model: nn.Module) -> Tensor:
 def l2_penalty(model: nn.Module, weight_decay: float) -> Tensor:
     """``weight_decay / 2 * ||theta||^2``: its gradient ``weight_decay * theta`` is SGD's weight
     decay, the papers' l2 regularisation."""
-    return 0.5 * weight_decay * sum((p * p).sum() for p in model.parameters())
+    total = torch.zeros(())
+    for p in model.parameters():
+        total = total + (p * p).sum()
+    return 0.5 * weight_decay * total
 
 
 def clip_vector(vector: Tensor, max_norm: float | None) -> Tensor:

@@ -20,7 +20,8 @@ PLOTS = {
 
 
 def _series(record: RunRecord, key: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
+    xs: list[int] = []
+    ys: list[float] = []
     for row in record.rounds:
         value = row.get(key)
         if isinstance(value, str):

@@ -643,9 +643,10 @@ def log_summary(cfg: RunConfig, summary: Mapping[str, Any]) -> None:
 
 def _node_guard(grid: Grid) -> NodeWaitGrid | None:
     """The ``NodeWaitGrid`` inside ``grid``'s wrappers, if any."""
-    while grid is not None and not isinstance(grid, NodeWaitGrid):
-        grid = getattr(grid, "grid", None)
-    return grid
+    current: Any = grid
+    while current is not None and not isinstance(current, NodeWaitGrid):
+        current = getattr(current, "grid", None)
+    return current
 
 
 def _node_metrics(

@@ -18,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import Tensor
 
 from flwr_byz import attacks
+from flwr_byz._values import as_int
 
 from ._records import LEGACY_INS, LEGACY_RES, find_arrays, flat, rebuild, same_layout, to_arrays
 from ._role import DATA, OMNISCIENT, Role, resolve_role, seeded_generator
@@ -43,7 +44,7 @@ def server_round(message: Message) -> int:
         if config is not None:
             for name in ("server-round", "server_round", "round"):
                 if name in config:
-                    return int(config[name])
+                    return as_int(config[name], name)
     group = message.metadata.group_id
     return int(group) if str(group).isdigit() else 0
 
@@ -58,7 +59,8 @@ def _pop_relay(content: RecordDict) -> tuple[Tensor, int, int] | None:
     if arrays is None or config is None:
         return None
     vectors = torch.from_numpy(arrays["vectors"].numpy().copy()).to(torch.float64)
-    return vectors, int(config["honest-count"]), int(config["byzantine-count"])
+    honest = as_int(config["honest-count"], "honest-count")
+    return vectors, honest, as_int(config["byzantine-count"], "byzantine-count")
 
 
 _OWN_OPTIONS = {

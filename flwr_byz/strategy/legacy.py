@@ -136,14 +136,14 @@ class RobustFedAvg(RobustBase, FedAvg):
             node_id = _node_id(proxy)
             if not admit(node_id):
                 continue
-            metrics = dict(fit_res.metrics or {})
+            reported = dict(fit_res.metrics or {})
             if fit_res.status.code != Code.OK:
-                problem = f"status {fit_res.status.code.name}: {fit_res.status.message}"
-                submissions.append(Submission(node_id, None, problem, metrics, crashed=True))
+                status = f"status {fit_res.status.code.name}: {fit_res.status.message}"
+                submissions.append(Submission(node_id, None, status, reported, crashed=True))
                 continue
             arrays, problem = _decode(fit_res.parameters)
-            submissions.append(Submission(node_id, arrays, problem, metrics))
-            examples[node_id] = (fit_res.num_examples, metrics)
+            submissions.append(Submission(node_id, arrays, problem, reported))
+            examples[node_id] = (fit_res.num_examples, reported)
         exceptions: list[str] = []
         for failure in failures:
             if isinstance(failure, BaseException):
@@ -195,7 +195,9 @@ class RobustFedAvg(RobustBase, FedAvg):
                 [(res.num_examples, res.metrics) for _, res in usable]
             )
         else:
-            metrics = dict(median_client_metrics(dict(res.metrics or {}) for _, res in usable))
+            medians = median_client_metrics(dict(res.metrics or {}) for _, res in usable)
+            # legacy metrics are scalars: list-valued medians have no place there
+            metrics = {k: v for k, v in medians.items() if not isinstance(v, list)}
         return (float(loss) if isinstance(loss, float) else None), metrics
 
 

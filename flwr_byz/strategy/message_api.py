@@ -146,7 +146,9 @@ def numpy_to_array(ndarray: np.ndarray) -> Array:
     if fortran or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         return Array.from_numpy_ndarray(ndarray)
     shape = tuple(int(n) for n in ndarray.shape)
-    header = _npy_header(npy_format.dtype_to_descr(dtype), shape)
+    descr = npy_format.dtype_to_descr(dtype)
+    assert isinstance(descr, str)  # structured dtypes took Flower's path above
+    header = _npy_header(descr, shape)
     body = np.ascontiguousarray(ndarray)
     data = b"".join((header, body.reshape(-1).view(np.uint8).data)) if body.size else header
     # the fields Array(dtype=..., shape=..., stype=..., data=...) sets, without its dispatch
@@ -307,9 +309,9 @@ class RobustStrategy(RobustBase, FedAvg):
             contents = [message.content for node, message in matched if node in accepted]
             if contents:
                 user = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-                for key, value in (user or {}).items():
+                for key, metric in (user or {}).items():
                     if key not in metrics:
-                        metrics[key] = value
+                        metrics[key] = metric
         return record, metrics
 
     # -------------------------------------------------------------- evaluation
