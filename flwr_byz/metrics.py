@@ -190,3 +190,23 @@ def median_client_metrics(
         same = np.asarray([v for v in vectors if len(v) == length], dtype=np.float64)
         out[key] = [float(x) for x in np.median(same, axis=0)]
     return dict(sorted(out.items()))
+
+
+def detection_rates(
+    considered: Collection[int], kept: Collection[int], byzantine: Collection[int]
+) -> dict[str, float]:
+    """Detection by a rule or filter that leaves inputs out (ALGORITHMS.md, metrics).
+
+    ``considered``: the inputs the rule saw; ``kept``: those it used (selected); ``byzantine``:
+    the attackers' ids. ``detection-precision``: of the inputs left out, the share that were
+    Byzantine (absent when none was left out); ``detection-recall``: of the Byzantine inputs
+    considered, the share left out (absent when there was none)."""
+    seen, byz = set(considered), set(byzantine)
+    left = seen - set(kept)
+    caught = len(left & byz)
+    out: dict[str, float] = {}
+    if left:
+        out["detection-precision"] = caught / len(left)
+    if seen & byz:
+        out["detection-recall"] = caught / len(seen & byz)
+    return out

@@ -250,6 +250,121 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
     return written
 
 
+# fields that tell settings apart when the worst case is taken over the attacks
+_NOT_SETTING = (
+    "seed",
+    "attack",
+    "attack-options",
+    "num-attackers",
+    "byzantine-partitions",
+    "run-name",
+    "results-dir",
+    "experiment",
+    "num-rounds",
+    "client-state-dir",
+    "coordinator-address",
+)
+WORST_FIELDS = (
+    "setting",
+    "rule",
+    "f",
+    "heterogeneity",
+    "attacks",
+    "worst-attack",
+    "worst-final-acc",
+    "worst-max-acc",
+)
+
+
+def _heterogeneity(cfg: dict[str, Any]) -> str:
+    part = str(cfg.get("partitioning", "shared"))
+    return f"dirichlet {cfg.get('dirichlet-alpha')}" if part == "dirichlet" else part
+
+
+def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
+    """Per setting (every field but the attack and the seed), the worst mean accuracy over the
+    attacks run against it, and which attack it was (attack-free runs are not attacks)."""
+    attacked = [
+        case
+        for case in all_cases
+        if str(case.config.get("attack", "none")) != "none"
+        or str(case.config.get("channel-fault", "none")) != "none"
+    ]
+    ignored = {*_NOT_SETTING, "channel-fault"}
+    fields = sorted({k for case in attacked for k in case.config} - ignored)
+    varying = [k for k in fields if len({str(c.config.get(k)) for c in attacked}) > 1]
+    settings: dict[str, list[tuple[Case, dict[str, Any]]]] = {}
+    for case in attacked:
+        key = ", ".join(f"{k}={case.config.get(k)}" for k in varying) or "all runs"
+        settings.setdefault(key, []).append((case, case.row()))
+    out = []
+    for key, members in settings.items():
+        finals = [(row["final-acc-mean"], case) for case, row in members]
+        finals = [(v, c) for v, c in finals if v is not None]
+        if not finals:
+            continue
+        worst_final, worst = min(finals, key=lambda item: item[0])
+        maxima = [row["max-acc-mean"] for _, row in members if row["max-acc-mean"] is not None]
+        cfg = worst.config
+        out.append(
+            {
+                "setting": key,
+                "rule": cfg.get("rule"),
+                "f": cfg.get("num-byzantine"),
+                "heterogeneity": _heterogeneity(cfg),
+                "attacks": len(members),
+                "worst-attack": worst.attack_text(),
+                "worst-final-acc": worst_final,
+                "worst-max-acc": min(maxima) if maxima else None,
+            }
+        )
+    return out
+
+
+def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    """Per rule, a heatmap of the worst final accuracy over the attacks: rows heterogeneity,
+    columns f (drawn only for sweeps with more than one of either)."""
+    from simulations.plots import _pyplot
+
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_rule.setdefault(str(row["rule"]), []).append(row)
+    written: list[Path] = []
+    plt = None
+    for rule, members in by_rule.items():
+        hets = sorted({str(r["heterogeneity"]) for r in members})
+        fs = sorted({int(r["f"]) for r in members})
+        if len(hets) < 2 and len(fs) < 2:
+            continue
+        plt = plt or _pyplot()
+        if plt is None:
+            return written
+        grid = [[math.nan] * len(fs) for _ in hets]
+        for r in members:  # several settings per cell (e.g. with/without momentum): the worst
+            i, j = hets.index(str(r["heterogeneity"])), fs.index(int(r["f"]))
+            value = float(r["worst-final-acc"])
+            grid[i][j] = value if math.isnan(grid[i][j]) else min(grid[i][j], value)
+        fig, ax = plt.subplots(figsize=(1.2 * len(fs) + 3, 0.6 * len(hets) + 2))
+        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(fs)), [str(f) for f in fs])
+        ax.set_yticks(range(len(hets)), hets)
+        ax.set_xlabel("f (Byzantine workers)")
+        ax.set_ylabel("data heterogeneity")
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                if not math.isnan(value):
+                    colour = "white" if value < 0.5 else "black"
+                    ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", color=colour)
+        fig.colorbar(image, ax=ax, label="worst final accuracy over the attacks")
+        ax.set_title(f"{title}: {rule}", fontsize="medium")
+        fig.tight_layout()
+        path = out_dir / f"heatmap_{re.sub(r'[^A-Za-z0-9]+', '_', rule)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """``report.csv``, ``report.md`` and the figures of the finished runs under ``results_dir``."""
     records = load_records(results_dir)
@@ -265,6 +380,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path, plots: bool = Tru
         writer.writerows(rows)
     (out / "report.md").write_text(markdown(rows), encoding="utf-8")
     written = [out / "report.csv", out / "report.md"]
+    worst = worst_case(all_cases)
+    if worst:
+        with open(out / "worst_case.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=WORST_FIELDS)
+            writer.writeheader()
+            writer.writerows(worst)
+        written.append(out / "worst_case.csv")
     if plots:
         written += plot_cases(all_cases, out, Path(results_dir).name)
+        written += plot_heatmaps(worst, out, Path(results_dir).name)
     return written

@@ -27,6 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from clients.grid_wrapper import GridWrapper
+from flwr_byz.metrics import detection_rates
 from simulations.experiment import RunConfig, build_experiment, load_spec, pre_steps
 from simulations.results import (
     Checkpoint,
@@ -500,6 +501,10 @@ def _rounds(
             metrics["selected-partitions"] = [
                 roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]
             ]
+            if report is not None and roles.byzantine:  # who the rule left out, and who attacks
+                kept = [int(i) for i in metrics["selected-nodes"]]
+                considered = [int(i) for i in report.accepted_node_ids]
+                metrics.update(detection_rates(considered, kept, roles.byzantine))
         metrics.update(_node_metrics(guard, roles, lost, t))
         metrics.update(_attack_metrics(cfg, roles, messages, replies))
         metrics["round-seconds"] = time.perf_counter() - started

@@ -47,7 +47,7 @@ def test_report_means_and_sample_stds_over_seeds(tmp_path: Path) -> None:
     unfinished.run_dir.mkdir(parents=True)
     unfinished.write_record(RunRecord({"rule": "average"}, "running", 1, [{"round": 1}]))
     written = write_report(tmp_path / "exp", tmp_path / "out", plots=False)
-    assert [p.name for p in written] == ["report.csv", "report.md"]
+    assert [p.name for p in written] == ["report.csv", "report.md", "worst_case.csv"]
     with open(tmp_path / "out" / "report.csv", encoding="utf-8") as fh:
         rows = {row["case"]: row for row in csv.DictReader(fh)}
     assert sorted(rows) == ["rule=krum_attack=alie_f=2", "rule=median_attack=alie_f=2"]
@@ -80,3 +80,38 @@ def test_report_of_nothing_finished_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no finished run"):
         write_report(tmp_path / "empty", tmp_path / "out")
+
+
+def test_worst_case_over_attacks_and_heatmap(tmp_path: Path) -> None:
+    from simulations.report import cases, plot_heatmaps, worst_case
+    from simulations.results import load_records
+
+    finals = {  # (partitioning, f, attack) -> final accuracy
+        ("iid", 1, "alie"): 0.9,
+        ("iid", 1, "ipm"): 0.7,
+        ("iid", 2, "alie"): 0.6,
+        ("dirichlet", 1, "alie"): 0.5,
+        ("dirichlet", 1, "ipm"): 0.8,
+    }
+    for (part, f, attack), acc in finals.items():
+        record = _record("median", 1, [0.2, acc], None)
+        record.config.update({"partitioning": part, "num-byzantine": f, "attack": attack})
+        record.config["dirichlet-alpha"] = 0.5
+        store = RunStore(tmp_path / "exp" / f"p={part}_f={f}_a={attack}_seed=1")
+        store.run_dir.mkdir(parents=True)
+        store.write_record(record)
+    clean = _record("median", 1, [0.3, 0.99], None)
+    clean.config.update({"attack": "none"})
+    store = RunStore(tmp_path / "exp" / "clean_seed=1")
+    store.run_dir.mkdir(parents=True)
+    store.write_record(clean)
+    rows = worst_case(cases(load_records(tmp_path / "exp")))
+    got = {(r["heterogeneity"], r["f"]): (r["worst-final-acc"], r["worst-attack"]) for r in rows}
+    assert got == {
+        ("iid", 1): (0.7, "attack ipm"),
+        ("iid", 2): (0.6, "attack alie"),
+        ("dirichlet 0.5", 1): (0.5, "attack alie"),
+    }  # the attack-free run is not an attack
+    pytest.importorskip("matplotlib")
+    paths = plot_heatmaps(rows, tmp_path, "exp")
+    assert [p.name for p in paths] == ["heatmap_median.png"]
