@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flwr_byz import data
+
 UPDATE_MODES = ("gradient", "weights")
 MOMENTUM_PLACES = ("worker", "server")
-PARTITIONINGS = ("shared", "iid", "dirichlet", "shards")
+PARTITIONINGS = data.SCHEMES  # flwr_byz.data partition schemes
 NO_ATTACK = "none"
 
 
@@ -83,6 +85,7 @@ class ClientConfig:
     model: str = "mlp"
     partitioning: str = "shared"
     dirichlet_alpha: float = 0.5
+    similarity_gamma: float = 0.5
     seed: int = 0
     test_fraction: float = 0.2
     update_mode: str = "gradient"
@@ -197,6 +200,7 @@ class ClientConfig:
             model=_get(run_config, "model", "mlp", str),
             partitioning=_get(run_config, "partitioning", "shared", str),
             dirichlet_alpha=_get(run_config, "dirichlet-alpha", 0.5, float),
+            similarity_gamma=_get(run_config, "similarity-gamma", 0.5, float),
             seed=_get(run_config, "seed", 0, int),
             test_fraction=_get(run_config, "test-fraction", 0.2, float),
             update_mode=_get(run_config, "update-mode", "gradient", str),

@@ -22,9 +22,11 @@ from typing import Any
 
 import yaml
 
+from flwr_byz.data import SCHEMES
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-PARTITIONINGS = ("shared", "iid", "dirichlet", "shards")
+PARTITIONINGS = SCHEMES  # flwr_byz.data's partition schemes
 CHANNEL_FAULTS = ("none", "bit_flip", "gambler")
 UPDATE_MODES = ("gradient", "weights")
 MOMENTUM_PLACES = ("worker", "server")
@@ -50,6 +52,7 @@ class RunConfig:
     init: str = "default"  # "xavier": the MLP's first layer xavier_uniform_ (ALIE authors' code)
     partitioning: str = "shared"
     dirichlet_alpha: float = 0.5
+    similarity_gamma: float = 0.5  # gamma_similarity: each honest worker's i.i.d. fraction
     seed: int = 0
     test_fraction: float = 0.2
     # clients
@@ -166,6 +169,8 @@ class RunConfig:
             d.pop("init")
         if not d["pre"]:
             d.pop("pre")
+        if d["partitioning"] != "gamma_similarity":
+            d.pop("similarity_gamma")
         if d["rule"] != "fltrust":
             d.pop("root_size")
         return d
@@ -199,6 +204,7 @@ _INT_FIELDS = (
 )
 _FLOAT_FIELDS = (
     "dirichlet_alpha",
+    "similarity_gamma",
     "test_fraction",
     "local_lr",
     "momentum",
@@ -356,6 +362,10 @@ def _validate(cfg: RunConfig) -> None:
     )
     need(0.0 < cfg.test_fraction < 1.0, f"test-fraction must be in (0, 1), got {cfg.test_fraction}")
     need(cfg.dirichlet_alpha > 0.0, f"dirichlet-alpha must be > 0, got {cfg.dirichlet_alpha}")
+    need(
+        0.0 <= cfg.similarity_gamma <= 1.0,
+        f"similarity-gamma must be in [0, 1], got {cfg.similarity_gamma}",
+    )
     need(
         cfg.coordinator_timeout > 0.0,
         f"coordinator-timeout must be > 0, got {cfg.coordinator_timeout}",
@@ -538,6 +548,8 @@ def _label(value: Any) -> str:
         if not value:
             return "none"
         return ",".join(f"{k}={_label(v)}" for k, v in sorted(value.items()))
+    if value == "":
+        return "none"
     return re.sub(r"[^A-Za-z0-9._=,+-]", "", str(value)) or "x"
 
 

@@ -104,3 +104,12 @@ def test_overridden_fields_name_the_runs_and_equal_points_run_once() -> None:
     assert lr.runs[0].run_name == "e/rule=average_attack=none_lr=0.3"  # rounds stay unnamed
     quick = build_experiment(spec, name="e", overrides={"seed": 4}, unnamed=["seed"])
     assert quick.runs[0].run_name == "e/rule=average_attack=none"
+
+
+def test_partition_schemes_are_the_data_modules() -> None:
+    from flwr_byz import data
+    from simulations.experiment import PARTITIONINGS
+
+    assert set(PARTITIONINGS) == set(data.SCHEMES)
+    with pytest.raises(ValueError, match="similarity-gamma must be in"):
+        from_mapping({"num-clients": 4, "partitioning": "gamma_similarity", "similarity-gamma": 2})
