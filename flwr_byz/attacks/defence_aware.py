@@ -35,7 +35,7 @@ def chain_damage(
     pre: Sequence[Any] = (),
 ) -> float:
     """``||R(honest + f copies of candidate) - g_bar||`` (-inf when R refuses or overflows)."""
-    from flwr_byz import gars  # lazy: attacks import even while gars is absent
+    from flwr_byz import gars  # here, not at the top: flwr_byz.gars need not load with attacks
 
     vectors = torch.cat([honest, candidate.to(honest.dtype).expand(f, -1)], dim=0)
     try:

@@ -29,7 +29,7 @@ class _Aggregator(Protocol):
 
 def _resolve_gar(gar: str | _Aggregator) -> _Aggregator:
     if isinstance(gar, str):
-        from flwr_byz import gars  # lazy: attacks import even while gars is absent
+        from flwr_byz import gars  # here, not at the top: flwr_byz.gars need not load with attacks
 
         return gars.get(gar)
     if not hasattr(gar, "aggregate"):

@@ -25,8 +25,8 @@ def _shared_component_round(seed: int, n: int = 7, f: int = 2, d: int = 1000) ->
 
 def _flower_gram_krum(x: np.ndarray, f: int) -> int:
     """Flower 1.41's Message-API Krum (flwr.serverapp.strategy.multikrum), called on the rows."""
-    multikrum = pytest.importorskip("flwr.serverapp.strategy.multikrum")
     from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import multikrum
 
     distances = multikrum.compute_distances([ArrayRecord([row]) for row in x])
     k = max(1, len(x) - f - 2)

@@ -47,13 +47,22 @@ def test_variance_norm_ratio_edge_cases() -> None:
         metrics.variance_norm_ratio(torch.zeros(4))
 
 
-@pytest.mark.parametrize(("n", "f"), [(51, 24), (51, 12), (25, 11), (25, 5), (11, 2), (7, 0)])
-def test_kappa_formula(n: int, f: int) -> None:
-    if n - 2 * f - 2 <= 0 and f > 0:
-        assert metrics.kappa(n, f) == math.inf
-    else:
-        expected = n - f + (f * (n - f - 2) + f**2 * (n - f - 1)) / (n - 2 * f - 2)
-        assert metrics.kappa(n, f) == pytest.approx(expected)
+@pytest.mark.parametrize(
+    ("n", "f", "expected"),
+    [
+        # by hand: n - f + (f (n-f-2) + f^2 (n-f-1)) / (n - 2f - 2)
+        (51, 12, 39 + (12 * 37 + 144 * 38) / 25),  # 275.64
+        (51, 24, 27 + (24 * 25 + 576 * 26) / 1),  # 15603
+        (25, 11, 14 + (11 * 12 + 121 * 13) / 1),  # 1719
+        (25, 5, 20 + (5 * 18 + 25 * 19) / 13),  # 63.46
+        (11, 2, 9 + (2 * 7 + 4 * 8) / 5),  # 18.2
+        (7, 0, 7.0),  # no Byzantine worker: n
+        (7, 3, math.inf),  # n <= 2f + 2: no bound
+    ],
+)
+def test_kappa_by_hand(n: int, f: int, expected: float) -> None:
+    assert metrics.kappa(n, f) == pytest.approx(expected)
+    assert metrics.kappa(51, 12) == pytest.approx(275.64)
 
 
 @settings(max_examples=50, deadline=None)
