@@ -225,17 +225,11 @@ def discover(grid: Grid, timeout: float = 120.0) -> Roles:
 
 
 def adversary_needs(cfg: RunConfig) -> str:
-    """What the adversary must know each round: "none", "own", "colluders" or "omniscient"
-    (decided by the ClientApp's own logic, ``clients.app.adversary_needs``)."""
-    if cfg.attack == "none":
-        return "none"
-    from clients.app import adversary_needs as client_needs
-    from clients.config import ClientConfig
+    """What the adversary must know each round: "none", "own", "colluders", "omniscient" or
+    "channel" (the threat model of ``flwr_byz.attacks``, from the attack and its options)."""
+    from flwr_byz import attacks
 
-    probe = ClientConfig.from_configs(
-        cfg.to_flower(), {"partition-id": 0, "num-partitions": cfg.num_clients}
-    )
-    return client_needs(probe)
+    return attacks.knowledge(cfg.attack, cfg.attack_options)
 
 
 def needs_coordinator(cfg: RunConfig) -> bool:

@@ -17,9 +17,21 @@ from .lp_coordinate import lp_coordinate, lp_coordinate_gamma
 from .mimic import mimic, mimic_index, mimic_step
 from .minmax import minmax, minmax_gamma, minsum, minsum_gamma
 from .noise import gaussian, label_flip, omniscient_negative, sign_flip
-from .registry import BEYOND_NAMES, BEYOND_OMNISCIENT, CHANNEL, NAMES, OMNISCIENT, Attack, get
+from .registry import (
+    BEYOND_NAMES,
+    BEYOND_OMNISCIENT,
+    CHANNEL,
+    KNOWLEDGE,
+    NAMES,
+    OMNISCIENT,
+    Attack,
+    get,
+    knowledge,
+)
 
 __all__ = [
+    "KNOWLEDGE",
+    "knowledge",
     "BACKDOOR_TARGET",
     "BEYOND_NAMES",
     "BEYOND_OMNISCIENT",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,9 @@ from .minmax import minmax, minsum
 from .noise import gaussian, label_flip, omniscient_negative, sign_flip
 
 NEEDS = ("omniscient", "own", "none", "channel")
+#: what an attack with its options needs each round (``Attack.knowledge``): NEEDS, and
+#: "colluders" for the colluders' own honest vectors only
+KNOWLEDGE = ("none", "own", "colluders", "omniscient", "channel")
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,26 @@ class Attack:
     ``needs``: "omniscient" (the honest vectors of the round, gathered by a coordinator), "own"
     (the client's own vector or data), "none" (nothing) or "channel" (applied to the received
     ``(n, d)`` tensor, not by a client). ``colluders_only_ok``: the attack may also run on the
-    colluders' own honest vectors only (non-omniscient ALIE and its backdoor).
+    colluders' own honest vectors only (non-omniscient ALIE and its backdoor), chosen by its
+    ``omniscient`` option, whose default is ``omniscient_default``.
     """
 
     name: str
     fn: Callable[..., Any]
     needs: str
     colluders_only_ok: bool = False
+    omniscient_default: bool = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def knowledge(self, options: Mapping[str, Any] | None = None) -> str:
+        """What the attack with ``options`` knows each round (one of ``KNOWLEDGE``): the threat
+        model, decided here once for the ClientApp, the adversary grid and the server."""
+        if not self.colluders_only_ok:
+            return self.needs
+        omniscient = bool((options or {}).get("omniscient", self.omniscient_default))
+        return "omniscient" if omniscient else "colluders"
 
 
 _ATTACKS = (
@@ -49,7 +62,7 @@ _ATTACKS = (
     Attack("label_flip", label_flip, "own"),
     Attack("bit_flip", bit_flip, "channel"),
     Attack("gambler", gambler, "channel"),
-    Attack("alie_backdoor", alie_backdoor, "omniscient", colluders_only_ok=True),
+    Attack("alie_backdoor", alie_backdoor, "omniscient", True, omniscient_default=False),
 )
 REGISTRY: dict[str, Attack] = {attack.name: attack for attack in _ATTACKS}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
@@ -73,6 +86,11 @@ BEYOND_NAMES: tuple[str, ...] = tuple(BEYOND_REGISTRY)
 BEYOND_OMNISCIENT: frozenset[str] = frozenset(
     a.name for a in _BEYOND_ATTACKS if a.needs == "omniscient"
 )
+
+
+def knowledge(name: str, options: Mapping[str, Any] | None = None) -> str:
+    """What attack ``name`` (with its ``options``) knows each round; "none" for no attack."""
+    return "none" if name == "none" else get(name).knowledge(options)
 
 
 def get(name: str) -> Attack:
