@@ -13,17 +13,30 @@ with beta = f / n. Times are medians of repeated runs, in seconds; a markdown ta
 interleaved in one loop; prints each rule's time over the median's and over the Gram product's.
 ``--memory``: each rule in a fresh subprocess (1 thread): peak resident memory (VmHWM) after the
 rule minus the peak after allocating the input, over the input's size.
+``--byzfl``: ByzFL's aggregators (0.0.11: Krum, MultiKrum, Median, TrMean, Meamed, MDA = Brute,
+GeometricMedian, CenteredClipping, Average) next to ours and to Flower's built-ins on the same
+inputs, interleaved: ours / ByzFL, ours / Flower, and the max |ours - ByzFL| where the definitions
+coincide (ours run with the matching options: ByzFL's Krum scores over n - f - 1 neighbours).
+Then the geometric median against ByzFL's (3 Weiszfeld iterations from 0, nu = 0.1): ByzFL's
+time and objective ``sum_i |z - x_i|``, ours stopped once its objective reaches ByzFL's, ours to
+its own tolerance. ByzFL's package ``__init__`` imports its training stack (torchvision), so only
+``byzfl/utils`` and ``byzfl/aggregators/aggregators.py`` are loaded (``--byzfl-path``: a wheel or
+site directory holding ``byzfl``, else the installed one); without them the section is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,6 +84,176 @@ def _flower_builtins(rows: np.ndarray) -> dict[str, Callable[[int], object]]:
         "median": median,
         "trimmed_mean": trimmed_mean,
     }
+
+
+def _load_byzfl(path: str | None) -> types.ModuleType:
+    """ByzFL's ``aggregators`` module, loaded without running ``byzfl/__init__`` (which imports
+    torchvision and its federated-training stack)."""
+    if path:
+        sys.path.insert(0, path)
+    spec = importlib.util.find_spec("byzfl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("byzfl is not installed (pip install --no-deps byzfl==0.0.11)")
+    root = list(spec.submodule_search_locations)
+    for name, where in (("byzfl", root), ("byzfl.utils", [str(Path(root[0]) / "utils")])):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.__path__ = where
+            sys.modules[name] = stub
+    origin = Path(root[0]) / "aggregators" / "aggregators.py"
+    loader = importlib.util.spec_from_file_location("byzfl_aggregators", origin)
+    if loader is None or loader.loader is None:
+        raise ImportError(f"cannot load {origin}")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+def _byzfl_peers(byzfl: types.ModuleType, x: torch.Tensor) -> dict[str, tuple]:
+    """Our rule name -> (ByzFL call, matching call of ours or None, note), each taking f."""
+    n = x.shape[0]
+    small = x.numel() <= 1 << 24  # torch.quantile (ByzFL's median) refuses larger inputs
+    as_median_input = x if small else x.numpy()
+
+    def call(cls: str, data: object, **kwargs: object) -> Callable[[int], object]:
+        return lambda f: getattr(byzfl, cls)(
+            **kwargs, **({} if cls in ("Average", "Median") else {"f": f})
+        )(data)
+
+    return {
+        "average": (call("Average", x), lambda f: gars.average(x, f), ""),
+        "median": (
+            call("Median", as_median_input),
+            lambda f: gars.median(x, f),
+            "" if small else "ByzFL on numpy (torch.quantile refuses > 2^24 values)",
+        ),
+        "trimmed_mean": (call("TrMean", x), lambda f: gars.trimmed_mean(x, f), ""),
+        "meamed": (
+            call("Meamed", as_median_input),
+            lambda f: gars.meamed(x, f),
+            "" if small else "ByzFL on numpy (torch.quantile refuses > 2^24 values)",
+        ),
+        "krum": (
+            call("Krum", x),
+            lambda f: gars.krum(x, f, neighbours=n - f - 1),
+            "ByzFL scores over n - f - 1 neighbours (ours: n - f - 2); diff with neighbours=n-f-1",
+        ),
+        "multi_krum": (
+            call("MultiKrum", x),
+            lambda f: gars.multi_krum(x, f, m=n - f, neighbours=n - f - 1),
+            "ByzFL: n - f - 1 neighbours, m = n - f; diff with those options",
+        ),
+        "brute": (call("MDA", x), lambda f: gars.brute(x, f), "ByzFL MDA"),
+        "centered_clipping": (
+            lambda f: byzfl.CenteredClipping()(x),
+            lambda f: gars.centered_clipping(x, f),
+            "tau = 100, L = 1, from 0",
+        ),
+        "geometric_median": (
+            lambda f: byzfl.GeometricMedian()(x),
+            None,
+            "ByzFL: 3 iterations from 0, nu = 0.1 (not converged): see the section below",
+        ),
+    }
+
+
+def _objective(x: torch.Tensor, z: torch.Tensor) -> float:
+    """``sum_i |x_i - z|`` in float64, column block by column block."""
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    z = z.to(torch.float64)
+    for start in range(0, x.shape[1], 1 << 16):
+        part = x[:, start : start + (1 << 16)].to(torch.float64) - z[start : start + (1 << 16)]
+        total += (part * part).sum(dim=1)
+    return float(total.sqrt().sum())
+
+
+def _byzfl_rows(byzfl: types.ModuleType, x: torch.Tensor, rules: list[str], repeats: int) -> None:
+    """One table row per rule with a ByzFL peer: ours, ByzFL's and Flower's, interleaved."""
+    n, d = x.shape
+    peers = _byzfl_peers(byzfl, x)
+    flower = _flower_builtins(x.numpy())
+    for name in [*rules, "centered_clipping"]:
+        if name not in peers:
+            continue
+        f = _f_for(name, n) if name in gars.NAMES else (n - 1) // 2
+        theirs, matching, note = peers[name]
+        ours = gars.get(name).fn if name in gars.NAMES else getattr(gars, name)
+        fns: dict[str, Callable[[], object]] = {
+            "ours": functools.partial(ours, x, f),
+            "byzfl": functools.partial(theirs, f),
+        }
+        if name in flower:
+            fns["flower"] = functools.partial(flower[name], f)
+        times = _time_interleaved(fns, repeats, lambda: None)
+        diff = "-"
+        if matching is not None:
+            ours_out = matching(f).to(torch.float64)
+            peer_out = torch.as_tensor(np.asarray(theirs(f))).to(torch.float64)
+            diff = f"{float((ours_out - peer_out).abs().max()):.2e}"
+        mine, peer = times["ours"][0], times["byzfl"][0]
+        flow = times["flower"][0] if "flower" in times else float("nan")
+        print(
+            f"| {name} | {n} | {d:.0e} | {f} | {mine:.4f} | {peer:.4f} | {flow:.4f} "
+            f"| {mine / peer:.2f} | {mine / flow:.2f} | {diff} | {note} |"
+        )
+
+
+def _byzfl_geometric_median(byzfl: types.ModuleType, x: torch.Tensor, repeats: int) -> None:
+    """ByzFL's 3-iteration geometric median vs ours stopped at its objective vs ours converged."""
+    from importlib import import_module
+
+    geometric = import_module("flwr_byz.gars.geometric_median")
+    n, d = x.shape
+    f = _f_for("geometric_median", n)
+    target = _objective(x, byzfl.GeometricMedian()(x))
+    gram = geometric._centred_gram(x, None, geometric._median_center(x, None))
+    reach_iterations = geometric.weiszfeld_coefficients(gram, 1e-8, 1e-7, 1000, target)[2]
+    ours_iterations = geometric.weiszfeld_coefficients(gram, 1e-8, 1e-7, 1000)[2]
+    del gram
+    reach_fn = functools.partial(geometric._geometric_median_impl, x, f, objective=target)
+    fns: dict[str, Callable[[], object]] = {
+        "byzfl": functools.partial(byzfl.GeometricMedian(), x),
+        "reach": reach_fn,
+        "ours": functools.partial(gars.geometric_median, x, f),
+    }
+    times = _time_interleaved(fns, repeats, lambda: None)
+    reach = _objective(x, reach_fn().vector)
+    ours = _objective(x, gars.geometric_median(x, f))
+    b, r, o = times["byzfl"][0], times["reach"][0], times["ours"][0]
+    print(
+        f"| {n} | {d:.0e} | {b:.4f} | {target:.7e} | {r:.4f} | {reach:.7e} | {reach_iterations} "
+        f"| {o:.4f} | {ours:.7e} | {ours_iterations} | {r / b:.2f} | {o / b:.2f} |"
+    )
+
+
+def _byzfl_section(
+    sizes: list[tuple[int, int]], rules: list[str], repeats: int | None, path: str | None
+) -> None:
+    """Ours / ByzFL / Flower on the same inputs (interleaved), then the geometric median."""
+    try:
+        byzfl = _load_byzfl(path)
+    except Exception as error:  # noqa: BLE001 - any failure to load means: skip, saying why
+        print(f"ByzFL skipped: cannot load its aggregators ({type(error).__name__}: {error})")
+        return
+    print(
+        "| rule | n | d | f | ours s | ByzFL s | Flower s | ours/ByzFL | ours/Flower "
+        "| max abs diff | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    inputs = [_rows(n, d, n + d) for n, d in sizes]
+    for x in inputs:
+        _byzfl_rows(byzfl, x, rules, repeats or (5 if x.shape[1] <= 100_000 else 3))
+    if "geometric_median" not in rules:
+        return
+    print()
+    print("Geometric median: ByzFL (T = 3) / ours stopped at ByzFL's objective / ours converged")
+    print(
+        "| n | d | ByzFL s | objective | ours@ByzFL s | objective | iterations | ours s "
+        "| objective | iterations | ours@ByzFL / ByzFL | ours / ByzFL |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in inputs:
+        _byzfl_geometric_median(byzfl, x, repeats or (5 if x.shape[1] <= 100_000 else 3))
 
 
 def _time_interleaved(
@@ -185,6 +368,8 @@ def main() -> None:
     parser.add_argument("--ratios", action="store_true", help="rule / median, rule / Gram")
     parser.add_argument("--memory", action="store_true", help="peak extra memory / input")
     parser.add_argument("--track", action="store_true", help="--memory of Rule.aggregate")
+    parser.add_argument("--byzfl", action="store_true", help="ByzFL's aggregators as peers")
+    parser.add_argument("--byzfl-path", default=None, help="wheel/dir holding byzfl (optional)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -204,6 +389,9 @@ def main() -> None:
         return
     if args.ratios:
         _ratios(rules, sizes, args.repeats)
+        return
+    if args.byzfl:
+        _byzfl_section(sizes, rules, args.repeats, args.byzfl_path)
         return
     print("| rule | n | d | f | ours med (min) s | Flower med (min) s | ours/Flower med (min) |")
     print("|---|---|---|---|---|---|---|")

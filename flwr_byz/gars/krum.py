@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_inputs, finite_rows, require, uniform_participation
-from ._distances import pairwise_squared_distances
+from ._checks import check_inputs, require, uniform_participation
+from ._distances import checked_distances, pairwise_squared_distances
 from ._types import Aggregation
 
 DISTANCES = ("squared", "plain")
@@ -60,39 +60,79 @@ def _options(rule: str, n: int, f: int, distance: str, neighbours: int | None) -
     return neighbours
 
 
+def _rooted(squared: Tensor, distance: str) -> Tensor:
+    return squared.clamp_min(0.0).sqrt() if distance == "plain" else squared
+
+
 def krum_distances(vectors: Tensor, finite: Tensor, distance: str = "squared") -> Tensor:
     """Pairwise squared distances, or their square roots for ``distance="plain"`` (float64)."""
-    squared = pairwise_squared_distances(vectors, finite)
-    return squared.clamp_min(0.0).sqrt() if distance == "plain" else squared
+    return _rooted(pairwise_squared_distances(vectors, finite), distance)
+
+
+_MEAN_BLOCK = 1 << 14  # columns per block of the chosen rows' average (the block stays in cache)
+_MAX_RUNS = 4  # more runs of consecutive chosen rows: one product over all rows (measured faster)
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Maximal ranges ``[a, b)`` of consecutive values in sorted distinct ``rows``."""
+    runs: list[tuple[int, int]] = []
+    for row in rows:
+        if runs and runs[-1][1] == row:
+            runs[-1] = (runs[-1][0], row + 1)
+        else:
+            runs.append((row, row + 1))
+    return runs
 
 
 def mean_of_rows(vectors: Tensor, rows: Tensor, all_finite: bool = False) -> Tensor:
     """Plain average of the given rows, in the input dtype.
 
-    With all rows finite it is one matrix-vector product (weights 1/m on the chosen rows, no copy);
-    otherwise the rows are gathered first (0 * inf would be NaN).
+    With all rows finite and distinct: one vector-matrix product over all rows (weight 1/m on the
+    chosen ones, 0 elsewhere, no copy), or, when the chosen rows form at most ``_MAX_RUNS`` runs
+    of consecutive rows, products over those runs only, column block by column block (the rows
+    left out are not read); otherwise the rows are gathered first (0 * inf would be NaN).
     """
     rows = rows.to(vectors.device)
-    if all_finite:
+    m = rows.numel()
+    chosen = sorted(rows.tolist())
+    runs = _runs(chosen) if all_finite and len(set(chosen)) == m else []
+    if len(runs) > _MAX_RUNS:  # many short runs: one product over all rows, 0 for those left out
         weights = torch.zeros(vectors.shape[0], dtype=vectors.dtype, device=vectors.device)
-        weights.index_add_(0, rows, torch.full_like(rows, 1, dtype=vectors.dtype) / rows.numel())
+        weights[rows] = 1.0 / m
         return weights @ vectors
+    if runs:
+        weights = torch.full((m,), 1.0 / m, dtype=vectors.dtype, device=vectors.device)
+        if len(runs) == 1:
+            return weights @ vectors[runs[0][0] : runs[0][1]]
+        d = vectors.shape[1]
+        out = torch.empty(d, dtype=vectors.dtype, device=vectors.device)
+        for start in range(0, d, _MEAN_BLOCK):
+            cols = slice(start, start + _MEAN_BLOCK)
+            acc = out[cols]
+            (a, b), rest = runs[0], runs[1:]
+            torch.mv(vectors[a:b, cols].T, weights[: b - a], out=acc)
+            for a, b in rest:
+                acc.addmv_(vectors[a:b, cols].T, weights[: b - a])
+        return out
     picked = vectors.index_select(0, rows)
-    return (picked.sum(dim=0, dtype=torch.float64) / rows.numel()).to(vectors.dtype)
+    if all_finite:
+        return torch.full((m,), 1.0 / m, dtype=vectors.dtype, device=vectors.device) @ picked
+    return (picked.sum(dim=0, dtype=torch.float64) / m).to(vectors.dtype)
 
 
-def _krum_check(rule: str, vectors: Tensor, f: int) -> tuple[int, int, Tensor]:
+def _krum_check(rule: str, vectors: Tensor, f: int) -> tuple[int, int]:
     n, _, f = check_inputs(rule, vectors, f)
     require(rule, n, f, n >= 2 * f + 3, "n >= 2f + 3")
-    return n, f, finite_rows(rule, vectors, f)
+    return n, f
 
 
 def _krum_impl(
     vectors: Tensor, f: int, distance: str = "squared", neighbours: int | None = None
 ) -> Aggregation:
-    n, f, finite = _krum_check("krum", vectors, f)
+    n, f = _krum_check("krum", vectors, f)
     count = _options("krum", n, f, distance, neighbours)
-    order = krum_order(krum_distances(vectors, finite, distance), f, count)
+    squared, _ = checked_distances("krum", vectors, f)
+    order = krum_order(_rooted(squared, distance), f, count)
     chosen = order[:1].cpu()
     return Aggregation(vectors[int(chosen[0])].clone(), chosen, uniform_participation(n, chosen))
 
@@ -104,12 +144,13 @@ def _multi_krum_impl(
     distance: str = "squared",
     neighbours: int | None = None,
 ) -> Aggregation:
-    n, f, finite = _krum_check("multi_krum", vectors, f)
+    n, f = _krum_check("multi_krum", vectors, f)
     m = n - f if m is None else m
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
         raise ValueError(f"multi_krum needs 1 <= m <= n, got m={m!r}, n={n}, f={f}")
     count = _options("multi_krum", n, f, distance, neighbours)
-    order = krum_order(krum_distances(vectors, finite, distance), f, count)
+    squared, finite = checked_distances("multi_krum", vectors, f)
+    order = krum_order(_rooted(squared, distance), f, count)
     chosen = order[:m].cpu()
     vector = mean_of_rows(vectors, chosen, bool(finite.all()))
     return Aggregation(vector, chosen, uniform_participation(n, chosen))

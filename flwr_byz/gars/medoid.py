@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_inputs, finite_rows, require, uniform_participation
-from ._distances import pairwise_squared_distances
+from ._checks import check_inputs, require, uniform_participation
+from ._distances import checked_distances
 from ._types import Aggregation
 
 
@@ -22,8 +22,8 @@ def medoid_index(distances: Tensor, usable: Tensor) -> int:
 def _medoid_impl(vectors: Tensor, f: int) -> Aggregation:
     n, _, f = check_inputs("medoid", vectors, f)
     require("medoid", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    usable = finite_rows("medoid", vectors, f).to(vectors.device)
-    index = medoid_index(pairwise_squared_distances(vectors, usable), usable)
+    distances, usable = checked_distances("medoid", vectors, f)
+    index = medoid_index(distances, usable.to(vectors.device))
     chosen = torch.tensor([index], dtype=torch.int64)
     return Aggregation(vectors[index].clone(), chosen, uniform_participation(n, chosen))
 

@@ -40,6 +40,10 @@ def _structural_tie(name: str, n: int, f: int, d: int) -> bool:
     of an even count (every point between the two middle ones is optimal)."""
     if name == "krum" and n - f - 2 == 1:
         return True
+    if n == 2 and name in ("medoid", "geometric_median"):
+        return (
+            True  # two points: their distance sums are one number, every point between is optimal
+        )
     return d == 1 and name in ("medoid", "geometric_median", "bulyan")
 
 
