@@ -37,6 +37,7 @@ from .malicious import (
     SHARED_ERROR_KEY,
     AttackInputs,
     backdoor_accuracy,
+    coordinator_vector,
     make_malicious_client,
     shared_vector,
 )
@@ -219,12 +220,16 @@ def _byzantine_train(
     if collecting:
         metrics = MetricRecord({"num-examples": 0})
         return Message(RecordDict({"metrics": metrics}), reply_to=message)
-    if needs == "colluders":
-        _, inputs.known = coordinator.fetch(context.run_id, rnd, "colluder", attackers)
-    elif needs == "omniscient":
+    if client.coordinator_kind is not None:  # the coordinator computes it once per round
         coordinator = _coordinator(cfg, train_config, cfg.attack)
-        _, inputs.known = coordinator.fetch(context.run_id, rnd, "honest", honest_count)
-    vector = client.submit(inputs)
+        vector = coordinator_vector(client, coordinator, context.run_id, inputs)
+    else:
+        if needs == "colluders":
+            _, inputs.known = coordinator.fetch(context.run_id, rnd, "colluder", attackers)
+        elif needs == "omniscient":
+            coordinator = _coordinator(cfg, train_config, cfg.attack)
+            _, inputs.known = coordinator.fetch(context.run_id, rnd, "honest", honest_count)
+        vector = client.submit(inputs)
     loss = own.loss if own is not None else 0.0
     return _reply(message, vector, state, loss, _num_examples(cfg))
 

@@ -4,7 +4,11 @@ Omniscient attacks (ALIE, IPM, l_p, the omniscient negative sum) need the honest
 same round; non-omniscient ALIE needs the colluders' own honest vectors. Honest clients of a run
 under an omniscient attack publish the vector they send (this models the adversary eavesdropping
 on the channel), colluders publish their own honest vector, and each Byzantine client fetches what
-its threat model allows, keyed by (run id, round, kind) and ordered by partition id.
+its threat model allows, keyed by (run id, round, kind) and ordered by partition id. For attacks
+whose vector is the same for every colluder, the "attack" op computes that vector once per round
+from the vectors the attack may know (the coordinator, not the request, decides which: see
+``clients.malicious.MaliciousClient.coordinator_kind``) and serves the one vector (d floats) to
+every attacker of the round.
 
 Wire format (never pickle): each frame is a 4-byte big-endian header length, a UTF-8 JSON header,
 then ``header["nbytes"]`` raw little-endian float32 bytes. Waits are bounded: a fetch that does not
@@ -38,6 +42,7 @@ import socketserver
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +73,11 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_RUN_EXPIRY = 3600.0
 MAX_FETCH_TIMEOUT = 86400.0
 MAX_EXPECTED = 1 << 20
+MAX_ATTACK_SPECS = 16  # distinct attack specs computed per (run, round)
 LISTEN_BACKLOG = 512
 KEEP_ROUNDS = 2  # rounds kept per run (older ones are dropped to bound memory)
 TOKEN_ENV = "FLWR_BYZ_COORDINATOR_TOKEN"
+_PENDING = object()  # an attack vector being computed
 
 
 class CoordinatorError(RuntimeError):
@@ -168,6 +175,9 @@ class _Store:
 
     def __init__(self, run_expiry: float = DEFAULT_RUN_EXPIRY) -> None:
         self._vectors: dict[tuple[str, int, str], dict[int, bytes]] = {}
+        # (run, round, kind, expected, spec JSON) -> _PENDING, ("ok", partitions, bytes) or
+        # ("error", message): the attack vectors the "attack" op computed, once each
+        self._attacks: dict[tuple[str, int, str, int, str], Any] = {}
         self._sizes: dict[str, int] = {}  # run -> bytes of one vector
         self._seen: dict[str, float] = {}  # run -> last request (monotonic)
         self._changed = threading.Condition()
@@ -183,6 +193,8 @@ class _Store:
     def _drop(self, run: str) -> None:
         for key in [key for key in self._vectors if key[0] == run]:
             del self._vectors[key]
+        for done in [done for done in self._attacks if done[0] == run]:
+            del self._attacks[done]
         self._sizes.pop(run, None)
         self._seen.pop(run, None)
 
@@ -217,6 +229,8 @@ class _Store:
             stale = [key for key in self._vectors if key[0] == run and key[1] <= rnd - KEEP_ROUNDS]
             for key in stale:
                 del self._vectors[key]
+            for done in [k for k in self._attacks if k[0] == run and k[1] <= rnd - KEEP_ROUNDS]:
+                del self._attacks[done]
             self._changed.notify_all()
 
     def fetch(
@@ -240,6 +254,74 @@ class _Store:
                     )
                 self._changed.wait(left)
                 self._seen[run] = time.monotonic()
+
+    def attack(
+        self,
+        run: str,
+        rnd: int,
+        kind: str,
+        expected: int,
+        timeout: float,
+        spec_key: str,
+        compute: Callable[[list[int], bytes], bytes],
+    ) -> tuple[list[int], bytes, bool]:
+        """The round's attack vector for ``spec_key``, computed once: the first request waits
+        (like ``fetch``) for ``expected`` vectors of ``kind`` and runs ``compute`` on them (outside
+        the lock), later ones get the cached result (or its error). Returns the partitions it was
+        computed from, the vector's bytes and whether this request computed it."""
+        timeout = check_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        key = (run, rnd, kind, expected, spec_key)
+        with self._changed:
+            self._touch(run)
+            while True:
+                entry = self._attacks.get(key)
+                if entry is None:
+                    pending = [k for k in self._attacks if k[:2] == (run, rnd)]
+                    if len(pending) >= MAX_ATTACK_SPECS:
+                        raise ValueError(
+                            f"run {run}, round {rnd} already holds {len(pending)} attack vectors "
+                            f"(at most {MAX_ATTACK_SPECS} attack specs per round)"
+                        )
+                    self._attacks[key] = _PENDING  # this request computes it
+                    break
+                if entry is not _PENDING:
+                    if entry[0] == "error":
+                        raise ValueError(entry[1])
+                    return entry[1], entry[2], False
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    raise CoordinatorTimeoutError(
+                        f"timed out after {timeout:g} s waiting for the attack vector of run "
+                        f"{run}, round {rnd} (being computed by another request)"
+                    )
+                self._changed.wait(left)
+                self._seen[run] = time.monotonic()
+        try:
+            left = max(deadline - time.monotonic(), 1e-3)
+            partitions, body = self.fetch(run, rnd, kind, expected, left)
+            result: tuple[Any, ...] = ("ok", partitions, compute(partitions, body))
+        except CoordinatorError:  # no vectors yet: a later request may try again
+            with self._changed:
+                if self._attacks.get(key) is _PENDING:
+                    del self._attacks[key]
+                self._changed.notify_all()
+            raise
+        except (ValueError, RuntimeError, TypeError, KeyError, OverflowError) as error:
+            result = ("error", f"attack {spec_key} failed: {type(error).__name__}: {error}")
+        except BaseException:
+            with self._changed:
+                if self._attacks.get(key) is _PENDING:
+                    del self._attacks[key]
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            if self._attacks.get(key) is _PENDING:  # not dropped (run ended) meanwhile
+                self._attacks[key] = result
+            self._changed.notify_all()
+        if result[0] == "error":
+            raise ValueError(result[1])
+        return result[1], result[2], True
 
     def stop(self) -> None:
         with self._changed:
@@ -289,8 +371,10 @@ class _Handler(socketserver.BaseRequestHandler):
         if op == "end":
             store.end(str(header.get("run")))
             return {"ok": True}, b""
+        if op == "attack":
+            return _attack_op(store, header)
         if op not in ("publish", "fetch"):
-            raise ValueError(f"unknown op {op!r}; expected ping, publish, fetch or end")
+            raise ValueError(f"unknown op {op!r}; expected ping, publish, fetch, attack or end")
         kind = header.get("kind")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -304,6 +388,38 @@ class _Handler(socketserver.BaseRequestHandler):
         timeout = check_timeout(header.get("timeout"))
         partitions, body = store.fetch(run, rnd, kind, expected, timeout)
         return {"ok": True, "partitions": partitions}, body
+
+
+def _attack_op(store: _Store, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The "attack" op: the round's one attack vector (d float32 values), computed once.
+
+    The header carries ``spec`` (``MaliciousClient.attack_spec``: attack, options, rule, n, f),
+    ``expected`` and ``timeout`` like a fetch. Which vectors the attack is computed from is
+    decided here from the attack itself (``coordinator_kind``: the round's honest vectors for an
+    omniscient attack, the colluders' own otherwise), never by the request; a ``kind`` in the
+    header must agree with it."""
+    from .malicious import client_for_spec, vector_for_spec  # torch and flwr only when used
+
+    spec = header.get("spec")
+    kind = client_for_spec(spec).coordinator_kind  # a ValueError unless spec is a valid dict
+    assert kind is not None and isinstance(spec, dict)
+    claimed = header.get("kind", kind)
+    if claimed != kind:
+        raise ValueError(
+            f"attack {spec.get('attack')!r} is computed from {kind!r} vectors, not {claimed!r}"
+        )
+    run, rnd = str(header.get("run")), _int(header, "round", 0, 1 << 62)
+    expected = _int(header, "expected", 1, MAX_EXPECTED)
+    timeout = check_timeout(header.get("timeout"))
+    spec_key = json.dumps(spec, sort_keys=True, allow_nan=False)
+
+    def compute(partitions: list[int], body: bytes) -> bytes:
+        known = torch.from_numpy(np.frombuffer(body, dtype="<f4").copy())
+        vector = vector_for_spec(spec, known.reshape(len(partitions), -1))
+        return vector.numpy().astype("<f4").tobytes()
+
+    partitions, body, computed = store.attack(run, rnd, kind, expected, timeout, spec_key, compute)
+    return {"ok": True, "partitions": partitions, "kind": kind, "computed": computed}, body
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -418,7 +534,8 @@ def start_coordinator(
 
 
 class CoordinatorClient:
-    """Talks to a coordinator: ``publish`` a vector, ``fetch`` the vectors of a round.
+    """Talks to a coordinator: ``publish`` a vector, ``fetch`` the vectors of a round, or get the
+    round's one ``attack_vector``.
 
     ``timeout``: how long a fetch waits for the expected count (the run config's
     ``coordinator-timeout``); ``connect_timeout``: how long to try to reach the address.
@@ -502,6 +619,26 @@ class CoordinatorClient:
         partitions = [int(pid) for pid in reply["partitions"]]
         flat = torch.from_numpy(np.frombuffer(body, dtype="<f4").copy())
         return partitions, flat.reshape(len(partitions), -1)
+
+    def attack_vector(
+        self, run: int | str, rnd: int, spec: dict[str, Any], expected: int
+    ) -> tuple[list[int], Tensor]:
+        """The round's attack vector for ``spec`` (``MaliciousClient.attack_spec``), computed
+        once by the coordinator from the ``expected`` vectors the attack may know (waiting at
+        most ``timeout`` s for them, as ``fetch`` does) and cached for the round's other
+        attackers. Returns the partition ids it was computed from and the ``(d,)`` float32
+        vector. A failing attack computation is an error for every attacker of the round."""
+        header = {
+            "op": "attack",
+            "run": str(run),
+            "round": int(rnd),
+            "spec": spec,
+            "expected": int(expected),
+            "timeout": self.timeout,
+        }
+        reply, body = self._request(header, wait=2 * self.timeout)
+        partitions = [int(pid) for pid in reply["partitions"]]
+        return partitions, torch.from_numpy(np.frombuffer(body, dtype="<f4").copy())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ The app (``clients.app``) fetches ``colluders``/``omniscient`` vectors from the 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -100,13 +101,39 @@ class MaliciousClient:
 
     @property
     def same_for_all(self) -> bool:
-        """Whether every colluder sends the same vector, a function of the round's honest
-        vectors, n and f only (``from_known``): the adversary may compute it once per round."""
+        """Whether every colluder sends the same vector, a function of n, f and the vectors it
+        may know only (``from_known``: the round's honest vectors, or the colluders' own when
+        ``needs`` is "colluders"): the adversary may compute it once per round."""
         return False
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         """The attack vector from the known honest vectors (``same_for_all`` attacks only)."""
         raise NotImplementedError(f"attack {self.name!r} is not computed from known vectors only")
+
+    @property
+    def coordinator_kind(self) -> str | None:
+        """The coordinator's vectors ("honest" or "colluder") from which the coordinator may
+        compute this attack's one vector per round (its "attack" op; ``same_for_all`` attacks),
+        or None when every attacker computes its own. "honest" only for omniscient attacks,
+        "colluder" for those that see the colluders' own vectors: the coordinator computes from
+        exactly what the attacker would fetch, so the threat model does not change."""
+        if not self.same_for_all:
+            return None
+        return {"omniscient": "honest", "colluders": "colluder"}.get(self.needs)
+
+    def attack_spec(self, n: int, f: int) -> dict[str, Any]:
+        """What the coordinator needs to compute ``from_known`` (JSON): the attack, its options,
+        the run's rule (the l_p attack searches against it), n and f."""
+        if self.coordinator_kind is None:
+            raise ValueError(f"attack {self.name!r} is not computed by the coordinator")
+        return {
+            "attack": self.name,
+            "options": dict(self.options),
+            "rule": self.cfg.rule,
+            "rule_options": dict(self.cfg.rule_options),
+            "n": int(n),
+            "f": int(f),
+        }
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         """The vector this client sends; default: ``from_known`` on the known vectors."""
@@ -125,9 +152,7 @@ class AlieClient(MaliciousClient):
     def needs(self) -> str:
         return "omniscient" if bool(self.options.get("omniscient", True)) else "colluders"
 
-    @property
-    def same_for_all(self) -> bool:
-        return self.needs == "omniscient"
+    same_for_all = True  # type: ignore[assignment]  # from all honest or the colluders' own
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         sigma = str(self.options.get("sigma", "sample"))
@@ -363,6 +388,63 @@ def shared_vector(content: Any) -> Tensor | None:
         return None
     array = records[SHARED_VECTOR_KEY][SHARED_VECTOR_ARRAY]
     return torch.from_numpy(array.numpy().copy()).reshape(-1).to(torch.float32)
+
+
+def client_for_spec(spec: Any) -> MaliciousClient:
+    """The malicious client an ``attack_spec`` describes (ValueError when it is malformed or the
+    attack is not one the coordinator computes)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"attack spec must be a JSON object, got {type(spec).__name__}")
+    unknown = set(spec) - {"attack", "options", "rule", "rule_options", "n", "f"}
+    if unknown:
+        raise ValueError(f"attack spec has unknown keys {sorted(unknown)}")
+    name, rule = spec.get("attack"), spec.get("rule", "average")
+    options, rule_options = spec.get("options", {}), spec.get("rule_options", {})
+    if not isinstance(name, str) or not isinstance(rule, str):
+        raise ValueError("attack spec: 'attack' and 'rule' must be strings")
+    if not isinstance(options, dict) or not isinstance(rule_options, dict):
+        raise ValueError("attack spec: 'options' and 'rule_options' must be JSON objects")
+    run_config = {
+        "attack": name,
+        "attack-options": json.dumps(options),
+        "rule": rule,
+        "rule-options": json.dumps(rule_options),
+    }
+    cfg = ClientConfig.from_configs(run_config, {"partition-id": 0, "num-partitions": 1})
+    client = make_malicious_client(cfg)
+    if client.coordinator_kind is None:
+        raise ValueError(f"attack {name!r} is not computed by the coordinator")
+    return client
+
+
+def vector_for_spec(spec: dict[str, Any], known: Tensor) -> Tensor:
+    """The one attack vector of ``spec`` from the round's ``known`` ``(k, d)`` vectors (what each
+    attacker's ``submit`` returns from the same vectors), float32 on the CPU."""
+    client = client_for_spec(spec)
+    counts = []
+    for key in ("n", "f"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+            raise ValueError(f"attack spec: {key!r} must be an integer in [0, 2^20], got {value!r}")
+        counts.append(value)
+    n, f = counts
+    return client.from_known(known, n, f).to("cpu", torch.float32).reshape(-1)
+
+
+def coordinator_vector(
+    client: MaliciousClient, coordinator: Any, run_id: int | str, inputs: AttackInputs
+) -> Tensor:
+    """The round's attack vector computed once by the coordinator (its "attack" op) from the
+    vectors ``client.coordinator_kind`` names: the round's honest vectors (``inputs.n - inputs.f``
+    expected) or the colluders' own (``inputs.f`` expected). The first attacker of the round
+    makes the coordinator compute it; the others get the cached vector (d floats, not k x d)."""
+    kind = client.coordinator_kind
+    if kind is None:
+        raise ValueError(f"attack {client.name!r} is not computed by the coordinator")
+    expected = inputs.n - inputs.f if kind == "honest" else inputs.f
+    spec = client.attack_spec(inputs.n, inputs.f)
+    _, vector = coordinator.attack_vector(run_id, inputs.rnd, spec, expected)
+    return vector
 
 
 def make_malicious_client(cfg: ClientConfig) -> MaliciousClient:

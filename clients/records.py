@@ -10,17 +10,34 @@ arrays and bytes as ``Array.numpy()`` / ``Array(ndarray)``, without re-parsing e
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
+from numpy.lib import format as npy_format
 from torch import Tensor
 
 from flwr_byz.strategy.message_api import array_to_numpy, numpy_to_array
 
+SOURCE_ATTR = "_flwr_byz_source"  # tag on a decoded tensor: (the Array's bytes, its version)
+
 
 def record_to_state(arrays: ArrayRecord) -> dict[str, Tensor]:
-    """The record as a ``{key: tensor}`` dict (CPU tensors, copies)."""
-    return {key: torch.from_numpy(np.array(array_to_numpy(array))) for key, array in arrays.items()}
+    """The record as a ``{key: tensor}`` dict (CPU tensors, copies).
+
+    Each tensor is tagged (``SOURCE_ATTR``) with the ``bytes`` it was decoded from and its version
+    counter, so that ``clients.runtime.model_with_state`` can skip copying values the model already
+    holds (every node of a round receives the same bytes)."""
+    state = {}
+    for key, array in arrays.items():
+        tensor = torch.from_numpy(np.array(array_to_numpy(array)))
+        if isinstance(array.data, bytes):
+            setattr(tensor, SOURCE_ATTR, (array.data, tensor._version))
+        state[key] = tensor
+    return state
 
 
 def flatten(state: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
@@ -49,11 +66,53 @@ def unflatten(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``."""
+    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    stream = io.BytesIO()
+    try:
+        npy_format.write_array_header_1_0(stream, header)
+    except ValueError:  # a header over 65535 bytes: np.save falls back to version 2.0
+        stream = io.BytesIO()
+        npy_format.write_array_header_2_0(stream, header)
+    return stream.getvalue()
+
+
+def _encode(values: np.ndarray) -> Array:
+    """``Array(values)`` for a C-contiguous plain-dtype array: same fields and bytes, one copy."""
+    shape = values.shape
+    header = _npy_header(values.dtype, shape)
+    data = b"".join((header, values.data)) if values.size else header
+    array = Array.__new__(Array)
+    array.__dict__.update(dtype=str(values.dtype), shape=shape, stype=SType.NUMPY, data=data)
+    return array
+
+
+def _plain_dtype(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32)
+
+
 def vector_to_record(vector: Tensor, like: dict[str, Tensor]) -> ArrayRecord:
-    """``vector`` as an ``ArrayRecord`` with ``like``'s keys, shapes and dtypes."""
+    """``vector`` as an ``ArrayRecord`` with ``like``'s keys, shapes and dtypes.
+
+    Same bytes as encoding each piece with ``Array(ndarray)``. When the vector already has every
+    key's dtype (the usual float32 model), the pieces are numpy views of one CPU buffer, each
+    encoded with one copy from a memoised header, and the record is filled without Flower's
+    per-item type checks (the keys are the model's ``str`` keys, the values ``Array``)."""
     _check_length(vector, like)
     flat = vector.detach().to("cpu")
     record, start = ArrayRecord(), 0
+    if _plain_dtype(flat.dtype) and all(value.dtype == flat.dtype for value in like.values()):
+        values = flat.contiguous().numpy()
+        items = {}
+        for key, value in like.items():
+            stop = start + value.numel()
+            items[str(key)] = _encode(values[start:stop].reshape(tuple(value.shape)))
+            start = stop
+        record.__dict__["_data"].update(items)
+        record.is_dirty = True
+        return record
     for key, value in like.items():
         stop = start + value.numel()
         piece = flat[start:stop].to(value.dtype).reshape(value.shape)

@@ -34,12 +34,23 @@ def dataset_for(cfg: ClientConfig) -> DataSplit:
 
 @functools.lru_cache(maxsize=8)
 def _partitions(
-    name: str, root: str, seed: int, test_fraction: float, num: int, scheme: str, alpha: float
+    name: str,
+    root: str,
+    seed: int,
+    test_fraction: float,
+    num: int,
+    scheme: str,
+    alpha: float,
+    gamma: float = 0.5,
+    byzantine: tuple[int, ...] = (),
 ) -> tuple[Tensor, ...]:
     from flwr_byz import data
 
     split = load_split(name, root, seed, test_fraction)
-    return tuple(data.partition(split.train_y, num, scheme=scheme, alpha=alpha, seed=seed))
+    parts = data.partition(
+        split.train_y, num, scheme=scheme, alpha=alpha, seed=seed, gamma=gamma, byzantine=byzantine
+    )
+    return tuple(parts)
 
 
 def shard_indices(cfg: ClientConfig) -> Tensor:
@@ -52,6 +63,9 @@ def shard_indices(cfg: ClientConfig) -> Tensor:
         cfg.num_partitions,
         cfg.partitioning,
         cfg.dirichlet_alpha,
+        cfg.similarity_gamma,
+        # label_sorted / gamma_similarity: the attackers sample i.i.d. from the whole set
+        cfg.byzantine_partitions if cfg.attack != "none" else (),
     )
     return parts[cfg.partition_id]
 
@@ -78,7 +92,7 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 def _slots_valid(entries: list[tuple[nn.Module, str, Tensor, Tensor]]) -> bool:
     """Whether every cached tensor is still the one the model holds (no module traversal)."""
     for owner, name, held, view in entries:
-        live = owner._parameters.get(name, owner._buffers.get(name))  # noqa: SLF001
+        live = owner._parameters.get(name, owner._buffers.get(name))
         if live is not held or live.data_ptr() != view.data_ptr() or live.device != view.device:
             return False
     return True
@@ -99,7 +113,7 @@ def state_slots(model: nn.Module) -> tuple[list[str], list[Tensor], list[nn.Para
     entries = []
     for key, view in state.items():
         owner, name = _owner(model, key)
-        held = owner._parameters.get(name, owner._buffers.get(name))  # noqa: SLF001
+        held = owner._parameters.get(name, owner._buffers.get(name))
         if not isinstance(held, Tensor):  # extra state or an exotic module: no caching
             return list(state), list(state.values()), [params.get(k) for k in state]
         entries.append((owner, name, held, view))
@@ -119,7 +133,13 @@ def model_with_state(
 
     The state's keys must be the model's ``state_dict`` keys (the server builds the initial
     arrays from the same ``flwr_byz.models.build``). Loading copies each tensor into the model's
-    own (like ``load_state_dict``, with its shape check) without rebuilding the ``state_dict``."""
+    own (like ``load_state_dict``, with its shape check) without rebuilding the ``state_dict``.
+
+    A tensor decoded by ``clients.records.record_to_state`` is not copied when the model already
+    holds it: the last copy into that parameter came from the same (immutable) ``bytes``, and
+    neither the parameter nor the decoded tensor changed since (their version counters, which
+    every in-place torch operation bumps, are unchanged). Writes that bypass the counter
+    (``param.data.add_()``, numpy views) are not detected: reload with fresh tensors after them."""
     split = dataset_for(cfg)
     model = _model(cfg.model, split.num_classes, tuple(split.train_x.shape[1:]))
     device = torch.device(device)
@@ -145,10 +165,36 @@ def model_with_state(
             f"Error(s) in loading state_dict for {type(model).__name__}:\n\t"
             + "\n\t".join(mismatched)
         )
+    loaded = model.__dict__.get(_LOADED_ATTR)
+    if loaded is None or len(loaded) != len(targets):
+        loaded = model.__dict__[_LOADED_ATTR] = [None] * len(targets)
     with torch.no_grad():
-        for value, target in zip(state.values(), targets, strict=True):
+        for index, (value, target) in enumerate(zip(state.values(), targets, strict=True)):
+            source = _source(value)
+            held = loaded[index]
+            if (
+                source is not None
+                and held is not None
+                and held[0] is target
+                and held[1] is source
+                and held[2] == target._version  # bumped by any in-place change
+            ):
+                continue  # the model still holds exactly these values
             target.copy_(value)
+            loaded[index] = None if source is None else (target, source, target._version)
     return model
+
+
+_LOADED_ATTR = "_flwr_byz_loaded"
+_SOURCE_ATTR = "_flwr_byz_source"  # set by clients.records.record_to_state
+
+
+def _source(value: Tensor) -> bytes | None:
+    """The ``bytes`` ``value`` was decoded from, if it is still unchanged since (else None)."""
+    tag = value.__dict__.get(_SOURCE_ATTR) if hasattr(value, "__dict__") else None
+    if tag is None or tag[1] != value._version:  # changed in place since decoding
+        return None
+    return tag[0]
 
 
 def client_device(name: str = "cpu") -> torch.device:

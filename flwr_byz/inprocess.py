@@ -70,17 +70,19 @@ def _copy_recorddict(content: RecordDict) -> RecordDict:
     for key, record in content.items():
         if isinstance(record, ArrayRecord):
             arrays = ArrayRecord()
-            for name, array in record.items():
-                arrays[name] = _copy_array(array)
+            # the entries come from a valid ArrayRecord (str keys, Array values): skip the checks
+            arrays.__dict__["_data"].update(
+                (name, _copy_array(array)) for name, array in record.items()
+            )
             records[key] = arrays
-        elif isinstance(record, ConfigRecord):
-            records[key] = ConfigRecord(
-                {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
-            )
-        elif isinstance(record, MetricRecord):
-            records[key] = MetricRecord(
-                {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
-            )
+        elif isinstance(record, ConfigRecord | MetricRecord):
+            # ``copy()`` skips the per-item type checks (the items come from a valid record);
+            # lists are copied so that an edit on one node stays there
+            copied = record.copy()
+            copied.__dict__["_data"] = {
+                k: list(v) if isinstance(v, list) else v for k, v in record.items()
+            }
+            records[key] = copied
         else:  # pragma: no cover - RecordDict holds only the three record types
             records[key] = record
     return RecordDict(records)
@@ -140,11 +142,11 @@ class InProcessGrid(Grid):
 
     def _ensure_task_identity(self) -> None:
         """Set ``TaskIdentity`` (needed by ``Message(...)``) when no Flower runtime has set it."""
-        if TaskIdentity._run_id is None:  # noqa: SLF001 - the getter raises when unset
+        if TaskIdentity._run_id is None:  # the getter raises when unset
             TaskIdentity.run_id = self._run.run_id
-        if TaskIdentity._node_id is None:  # noqa: SLF001
+        if TaskIdentity._node_id is None:
             TaskIdentity.node_id = SUPERLINK_NODE_ID
-        if TaskIdentity._task_id is None:  # noqa: SLF001
+        if TaskIdentity._task_id is None:
             TaskIdentity.task_id = 1
 
     # ------------------------------------------------------------ Grid API
@@ -211,7 +213,7 @@ class InProcessGrid(Grid):
         saved_state = _copy_recorddict(context.state)  # cheap: array bytes are shared
         try:
             reply = self.client_app(incoming, context)
-        except Exception as err:  # noqa: BLE001 - Flower turns ClientApp exceptions into replies
+        except Exception as err:  # Flower turns ClientApp exceptions into replies
             context.state = saved_state  # Flower keeps the pre-call Context when the app raises
             log(ERROR, "ClientApp raised on node %s: %r", node_id, err)
             log(ERROR, traceback.format_exc())
