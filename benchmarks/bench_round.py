@@ -7,10 +7,13 @@ strategy's ``aggregate_train`` (matching, checks, stacking, rule, server step, r
 round costs the server) against the plain ``flwr_byz.gars`` function on the same deltas
 ``reply - global``. Calls are interleaved (kernel, round, kernel, ...); medians of the repeats.
 ``--participation`` also times a round that tracks participation (``track_participation=True``,
-as when ``honest_node_ids`` are set). ``--flower``: the older comparison with Flower's strategies.
+as when ``honest_node_ids`` are set); ``--identical-attackers`` makes the f attackers send one
+vector (ALIE-like), so that exact ties sit at the window bounds of the coordinate-wise rules.
+``--flower``: the older comparison with Flower's strategies.
 
     python benchmarks/bench_round.py [--nodes 25,51] [--params 1000000] [--repeats 5]
     python benchmarks/bench_round.py --rules krum,median --participation --threads 1
+    python benchmarks/bench_round.py --participation --identical-attackers --threads 1
     python benchmarks/bench_round.py --flower [--nodes 51] [--device auto]
 """
 
@@ -54,19 +57,34 @@ def _model(params: int) -> dict[str, np.ndarray]:
     }
 
 
-def _replies(model: dict[str, np.ndarray], nodes: int, f: int) -> list[Message]:
-    """Reply Messages: honest = model + small noise, the last f ones sign-flipped and scaled."""
+def _replies(
+    model: dict[str, np.ndarray], nodes: int, f: int, identical: bool = False
+) -> list[Message]:
+    """Reply Messages: honest = model + small noise, the last f ones sign-flipped and scaled;
+    ``identical``: the last f all send one vector, the honest mean + 0.5 std per coordinate
+    (ALIE-like: exact ties at the window bounds of the coordinate-wise rules)."""
     rng = np.random.default_rng(1)
     instruction = RecordDict({"config": ConfigRecord({})})
     replies = []
+    honest: list[dict[str, np.ndarray]] = []
     for node in range(1, nodes + 1):
         sent = Message(instruction, node, MessageType.TRAIN)
         sent.metadata.__dict__["_message_id"] = f"bench-{node}"
         scale = -10.0 if node > nodes - f else 1.0
-        arrays = {
-            k: (v + scale * 0.01 * rng.standard_normal(v.shape, dtype=np.float32)).astype(v.dtype)
-            for k, v in model.items()
-        }
+        if identical and node > nodes - f:
+            arrays = {
+                k: (np.mean([h[k] for h in honest], axis=0)
+                    + 0.5 * np.std([h[k] for h in honest], axis=0)).astype(v.dtype)
+                for k, v in model.items()
+            }  # fmt: skip
+        else:
+            arrays = {
+                k: (v + scale * 0.01 * rng.standard_normal(v.shape, dtype=np.float32)).astype(
+                    v.dtype
+                )
+                for k, v in model.items()
+            }
+            honest.append(arrays)
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
@@ -99,8 +117,11 @@ def _time(make_call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _interleaved(calls: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds of each call, run in turn ``repeats`` times after one warm-up round."""
+def _interleaved(
+    calls: list[Callable[[], object]], repeats: int, stat: Callable = statistics.median
+) -> list[float]:
+    """Median (or ``stat``) seconds of each call, run in turn ``repeats`` times after one warm-up
+    round."""
     times: list[list[float]] = [[] for _ in calls]
     for attempt in range(repeats + 1):
         for i, call in enumerate(calls):
@@ -108,7 +129,7 @@ def _interleaved(calls: list[Callable[[], object]], repeats: int) -> list[float]
             call()
             if attempt:
                 times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [stat(t) for t in times]
 
 
 def _rule_f(name: str, n: int) -> int:
@@ -125,7 +146,8 @@ def ratios(args: argparse.Namespace) -> None:
         header += f" {'tracked (s)':>12} {'ratio':>6}"
     print(
         f"aggregate_train / plain kernel, d={args.params}, device=cpu, "
-        f"torch threads={torch.get_num_threads()}, median of {args.repeats} interleaved"
+        f"torch threads={torch.get_num_threads()}, {'min' if args.min else 'median'} of "
+        f"{args.repeats} interleaved"
     )
     print(header)
     for n in (int(x) for x in args.nodes.split(",")):
@@ -146,7 +168,7 @@ def _rule_row(
 ) -> str:
     """One table line: kernel and strategy-round times of rule ``name`` with n replies."""
     f = _rule_f(name, n)
-    replies = _replies(model, n, f)
+    replies = _replies(model, n, f, args.identical_attackers)
     deltas = _deltas(replies, model)
     rule = gars.get(name)
 
@@ -159,7 +181,7 @@ def _rule_row(
     calls = [lambda: rule(deltas, f), strategy_call(False)]
     if args.participation:
         calls.append(strategy_call(True))
-    times = _interleaved(calls, args.repeats)
+    times = _interleaved(calls, args.repeats, min if args.min else statistics.median)
     line = f"{name:<17} {n:>3} {f:>3} {times[0]:>11.4f} {times[1]:>10.4f}"
     line += f" {times[1] / times[0]:>6.2f}"
     if args.participation:
@@ -223,6 +245,14 @@ def main() -> None:
     parser.add_argument("--rules", default="", help="comma-separated rule names (default: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--participation", action="store_true", help="also time tracked rounds")
+    parser.add_argument(
+        "--min", action="store_true", help="minima, not medians (less sensitive to a shared CPU)"
+    )
+    parser.add_argument(
+        "--identical-attackers",
+        action="store_true",
+        help="the f attackers send one vector (honest mean + 0.5 std): ties at the window bounds",
+    )
     parser.add_argument("--flower", action="store_true", help="compare with Flower's strategies")
     args = parser.parse_args()
     if args.threads:

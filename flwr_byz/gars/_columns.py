@@ -19,6 +19,15 @@ network (Batcher's merge exchange, pruned backwards to the positions used; a com
 min or max output is dead costs one ufunc instead of two) with numpy ``minimum``/``maximum`` over
 whole rows of cache-sized column blocks, instead of sorting every column: measured ~3x faster
 than the full sort plus window search (1 thread, theta = 15 and 27, d = 1e6).
+
+Participation without index sorts (``window_participation``; Bulyan: ``median_window_mean(...,
+track=True)``): a window of sorted positions ``[start, start + k)`` keeps, per column, the rows
+whose value lies in ``[L, U]`` (its bounds), each once, except where a bound value also lies
+outside the window (exact ties); there the rows holding it share its kept positions equally
+(the definition of ``window_counts``), and exact distance ties between different values go to
+the lowest row index. Per block that costs two comparisons and two popcounts per value (one for
+a single-position window), plus the bound corrections where ties are; measured 1.1-1.5x the
+plain kernel where the argsort version was 3-7x (benchmarks/README.md, ``bench_round.py``).
 """
 
 from __future__ import annotations
@@ -51,13 +60,20 @@ def sorted_columns(keys: Tensor, with_indices: bool) -> tuple[Tensor, Tensor | N
 
 
 def mean_over_rows(table: Tensor) -> Tensor:
-    """Column means of a ``(k, d)`` table, as a vector-matrix product (a strided reduction over
-    the short row axis is several times slower on CPU)."""
+    """Column means of a ``(k, d)`` table: the rows added one after the other into a float64
+    accumulator, then divided by k. The order of the additions is the same for every column and
+    every block width, so a column's mean does not depend on how the columns were blocked (a
+    BLAS vector-matrix product, or a reduction kernel, changes its order with the width); a
+    strided reduction over the short row axis would also be several times slower on CPU."""
     k = table.shape[0]
     if k == 1:
         return table[0].clone()
-    weights = torch.full((k,), 1.0 / k, dtype=table.dtype, device=table.device)
-    return weights @ table
+    total = table[0].to(torch.float64)  # a copy: float32 rows are widened
+    if total.data_ptr() == table.data_ptr():
+        total = total.clone()
+    for row in table[1:]:
+        total.add_(row)
+    return (total / k).to(table.dtype)
 
 
 def middle_value(ordered: Tensor) -> Tensor:
@@ -126,10 +142,13 @@ def nearest_by_row_index(sub: Tensor, center: Tensor, k: int) -> tuple[Tensor, T
     return torch.gather(sub, 0, nearest).mean(dim=0), nearest
 
 
-def sorted_window_mean(ordered: Tensor, center: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def sorted_window_mean(
+    ordered: Tensor, center: Tensor, k: int, with_start: bool = False
+) -> tuple[Tensor, ...]:
     """Per sorted column of ``ordered`` ``(n, B)``, the mean of the k values nearest to ``center``
     when ``2k > n`` (Phocas, MeaMed), without index arrays; and the bool ``(B,)`` columns with an
-    exact distance tie between two different values (to be redone by row index).
+    exact distance tie between two different values (to be redone by row index); with
+    ``with_start`` also the ``(B,)`` int64 window starts (for ``window_participation``).
 
     Same window as ``nearest_mean``: start = #{a < n - k : s[a] + s[a + k] < 2c}. As ``n - k < k``
     the window is the always-kept positions ``[n - k, k)`` plus, per candidate a < n - k,
@@ -140,8 +159,11 @@ def sorted_window_mean(ordered: Tensor, center: Tensor, k: int) -> tuple[Tensor,
     if ordered.device.type != "cpu" or ordered.dtype not in _NUMPY_DTYPES or n == k:
         low, high = ordered[: n - k], ordered[k:]
         pair = low + high
-        table = torch.cat([ordered[n - k : k], torch.where(pair < twice, high, low)])
+        moved = pair < twice
+        table = torch.cat([ordered[n - k : k], torch.where(moved, high, low)])
         tied = ((pair == twice) & (low != high)).any(dim=0)
+        if with_start:
+            return mean_over_rows(table), tied, moved.sum(dim=0)
         return mean_over_rows(table), tied
     sort, two = ordered.numpy(), twice.numpy()  # in place over preallocated buffers
     low, high = sort[: n - k], sort[k:]
@@ -152,12 +174,250 @@ def sorted_window_mean(ordered: Tensor, center: Tensor, k: int) -> tuple[Tensor,
     mask = np.less(pair, two)
     np.copyto(picked, low)
     np.copyto(picked, high, where=mask)
+    start = _count_true(mask) if with_start else None
     np.equal(pair, two, out=mask)
     tied = np.zeros(width, dtype=bool)
     if mask.any():  # rare: an exact tie between two (possibly equal) values
         columns = np.flatnonzero(mask.any(axis=0))
         tied[columns] = (mask[:, columns] & (low[:, columns] != high[:, columns])).any(axis=0)
+    if start is not None:
+        return mean_over_rows(torch.from_numpy(table)), torch.from_numpy(tied), start
     return mean_over_rows(torch.from_numpy(table)), torch.from_numpy(tied)
+
+
+def _count_true(mask: np.ndarray) -> Tensor:
+    """``(B,)`` int64 count of True per column of a bool ``(r, B)`` (bytes summed as uint8/16)."""
+    wide = np.uint8 if mask.shape[0] < 255 else np.uint16
+    return torch.from_numpy(mask.view(np.uint8).sum(axis=0, dtype=wide).astype(np.int64))
+
+
+def window_participation(
+    keys: Tensor, ordered: Tensor, start: int | Tensor, k: int, skip: Tensor | None = None
+) -> Tensor:
+    """Kept-value counts ``(n,)`` float64 CPU of the window of sorted positions
+    ``[start, start + k)`` of every column (``start`` an int or ``(B,)`` per column), from the
+    values alone: no index sort.
+
+    keys: the ``(n, B)`` block; ordered: its sorted columns. Same definition as ``window_counts``:
+    a row whose key lies strictly inside the window's value range ``[L, U]`` counts once; the rows
+    equal to a bound share that value's positions in the window equally. Columns in ``skip``
+    (bool ``(B,)``: e.g. the distance ties the caller attributes by row index) are left out.
+    Per column only the bounds are read from the sorted block; where neither bound value also
+    lies outside the window (no shared bound: every row in ``[L, U]`` counts exactly 1), a row's
+    count is ``#(key >= L) - #(key > U)`` over its contiguous row (two comparisons and two
+    popcounts per value); the other columns get the exact shares (``_bound_corrections``).
+    """
+    n, width = keys.shape
+    if keys.device.type != "cpu" or ordered.dtype not in _NUMPY_DTYPES:
+        return _window_participation_torch(keys, ordered, start, k, skip)
+    work = keys if keys.dtype in _NUMPY_DTYPES else keys.float()
+    x, s = work.detach().numpy(), ordered.numpy()
+    if isinstance(start, int):
+        first: np.ndarray | int = start
+        low, high = s[start], s[start + k - 1]
+        shared = np.zeros(width, dtype=bool)
+        if start > 0:
+            np.equal(s[start - 1], low, out=shared)
+        if start + k < n:
+            shared |= s[start + k] == high
+    else:
+        first = start.numpy().astype(np.intp, copy=False)
+        low, high, shared = _bounds_of(s, first, k)
+    if skip is not None and bool(skip.any()):
+        drop = skip.numpy()
+        low, high = low.copy(), high.copy()
+        low[drop] = np.nan  # no comparison with NaN is true: these columns count 0
+        high[drop] = np.nan
+        shared = shared & ~drop
+    return torch.from_numpy(_window_rows(x, low, high, first, k, shared))
+
+
+def _window_rows(
+    x: np.ndarray | list[np.ndarray],
+    low: np.ndarray,
+    high: np.ndarray,
+    start: np.ndarray | int,
+    k: int,
+    shared: np.ndarray,
+) -> np.ndarray:
+    """Kept-value counts ``(r,)`` float64 of the rows of ``x`` (``(r, B)`` or r rows ``(B,)``)
+    for windows with bounds ``low``/``high`` (NaN: column left out) starting at sorted positions
+    ``start`` (one int for all columns, or per column): ``#(low <= x <= high)`` per row, plus
+    for the ``shared`` columns (a bound value also outside the window) the corrections of the
+    rows at a bound (``_bound_corrections``)."""
+    width = low.shape[0]
+    share_count = int(np.count_nonzero(shared))
+    if isinstance(start, int):
+        start = np.full(width, start, dtype=np.intp) if share_count else np.zeros(0, np.intp)
+    if 16 * share_count > width:  # many ties (e.g. identical attacker rows): the whole block
+        block = np.stack(x) if isinstance(x, list) else x
+        return _counts_with_corrections(block, low, high, start, k, shared)
+    counts = _fast_counts(x, low, high, k == 1)
+    if share_count:
+        columns = np.flatnonzero(shared)
+        sub = np.stack([row[columns] for row in x]) if isinstance(x, list) else x[:, columns]
+        counts += _bound_corrections(sub, start[columns], low[columns], high[columns], k)
+    return counts
+
+
+def _row_popcounts(mask: np.ndarray) -> np.ndarray:
+    """``(r,)`` float64 count of True per row of a bool ``(r, m)`` (contiguous rows)."""
+    return np.array([np.count_nonzero(row) for row in mask], dtype=np.float64)
+
+
+def _counts_with_corrections(
+    x: np.ndarray, low: np.ndarray, high: np.ndarray, start: np.ndarray, k: int, shared: np.ndarray
+) -> np.ndarray:
+    """``_fast_counts`` + ``_bound_corrections`` over the whole block (most columns shared, e.g.
+    identical attacker rows), reusing the comparison masks: ``#(x < L) = r - #(x >= L)``,
+    ``#(x < U) = r - #(x > U) - #(x == U)``; the weights are 0 outside ``shared``."""
+    r = x.shape[0]
+    end = start + k
+    if k == 1:  # low is high; the window keeps its single position
+        at = x == low
+        extra = np.where(shared, 1.0 / np.maximum(_column_count(at), 1) - 1.0, 0.0)
+        return _row_popcounts(at) + _weighted_rows(at, extra)
+    ge, gt = x >= low, x > high
+    counts = _row_popcounts(ge) - _row_popcounts(gt)
+    at_low, at_high = x == low, x == high
+    holders_low, holders_high = _column_count(at_low), _column_count(at_high)
+    kept_low = np.minimum(r - _column_count(ge) + holders_low, end) - start
+    kept_high = end - np.maximum(r - _column_count(gt) - holders_high, start)
+    extra_low = np.where(shared, kept_low / np.maximum(holders_low, 1) - 1.0, 0.0)
+    extra_high = kept_high / np.maximum(holders_high, 1) - 1.0
+    extra_high = np.where(shared & (low != high), extra_high, 0.0)
+    return counts + _weighted_rows(at_low, extra_low) + _weighted_rows(at_high, extra_high)
+
+
+def _bound_corrections(
+    x: np.ndarray, start: np.ndarray, low: np.ndarray, high: np.ndarray, k: int
+) -> np.ndarray:
+    """Per row of ``x`` ``(r, m)``, what its values at a window bound add beyond the 1 that
+    ``_fast_counts`` gave them: ``kept / holders - 1`` of that bound's value. The positions
+    holding the low value are ``[#(x < L), #(x <= L))``, the window ``[start, start + k)``
+    keeps ``min(#(x <= L), start + k) - start`` of them; at the high end it keeps
+    ``start + k - max(#(x < U), start)``; L == U: k, counted once (the low end). Equal values
+    have no natural owner: their holders share the kept positions equally."""
+    end = start + k
+    at_low = x == low
+    holders_low = _column_count(at_low)
+    kept_low = np.minimum(_column_count(x < low) + holders_low, end) - start
+    out = _weighted_rows(at_low, kept_low / np.maximum(holders_low, 1) - 1.0)
+    if k > 1:  # (k = 1: the low bound is the high bound)
+        at_high = x == high
+        kept_high = end - np.maximum(_column_count(x < high), start)
+        extra = kept_high / np.maximum(_column_count(at_high), 1) - 1.0
+        out += _weighted_rows(at_high, np.where(low == high, 0.0, extra))
+    return out
+
+
+def _weighted_rows(at: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """``at @ extra`` for a bool ``(r, m)`` and float64 ``(m,)``. The weights take few distinct
+    values when the ties come from identical inputs (e.g. f attackers sending one vector): then
+    per value ``v`` the rows' popcounts over its columns, times v; else a float64 product."""
+    r, width = at.shape
+    out = np.zeros(r, dtype=np.float64)
+    used = np.flatnonzero(extra)
+    if not used.size:
+        return out
+    weights = extra[used]
+    values = weights[:1] if bool((weights == weights[0]).all()) else np.unique(weights)
+    if values.size > 4:
+        product = torch.from_numpy(at[:, used]).to(torch.float64) @ torch.from_numpy(weights)
+        return product.numpy()
+    for value in values.tolist():
+        if values.size == 1 and 2 * used.size > width:
+            part = at & (extra == value)
+        else:
+            part = at[:, used[weights == value]]
+        out += value * _row_popcounts(part)
+    return out
+
+
+def _column_count(mask: np.ndarray) -> np.ndarray:
+    """``(m,)`` count of True per column of a bool ``(r, m)`` (uint8, uint16 from 255 rows: the
+    callers only add counts of disjoint sets and subtract them from r, never below 0)."""
+    wide = np.uint8 if mask.shape[0] < 255 else np.uint16
+    return mask.view(np.uint8).sum(axis=0, dtype=wide)
+
+
+def _bounds_of(s: np.ndarray, start: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Per column of the sorted ``s``, the window bounds ``s[start]``, ``s[start + k - 1]`` and
+    whether a bound value also lies outside the window (``s[start - 1]`` or ``s[start + k]``)."""
+    n, width = s.shape
+    flat = s.reshape(-1)
+    column = np.arange(width, dtype=np.intp)
+    at = start * width + column
+    low, high = flat[at], flat[at + (k - 1) * width]
+    shared = (start > 0) & (flat[np.maximum(at - width, column)] == low)
+    shared |= (start + k < n) & (flat[np.minimum(at + k * width, (n - 1) * width + column)] == high)
+    return low, high, shared
+
+
+def _select_bits(target: np.ndarray, new: np.ndarray, mask: np.ndarray, tmp: np.ndarray) -> None:
+    """``target = new`` where ``mask`` is all ones, bit for bit (integer views of the floats): a
+    branch-free select, ~10x faster than ``np.copyto(where=)`` on random masks."""
+    np.bitwise_xor(target, new, out=tmp)
+    np.bitwise_and(tmp, mask, out=tmp)
+    np.bitwise_xor(target, tmp, out=target)
+
+
+def _fast_counts(
+    x: np.ndarray | list[np.ndarray], low: np.ndarray, high: np.ndarray, single: bool
+) -> np.ndarray:
+    """Per row of ``x`` ``(r, B)`` (or a list of r rows), ``#(low <= x <= high)``
+    (``#(x == low)`` if ``single``)."""
+    r = len(x)
+    out = np.empty(r, dtype=np.float64)
+    if isinstance(x, list):
+        buffer = np.empty(low.shape, dtype=bool)
+        for i, row in enumerate(x):
+            if single:
+                out[i] = np.count_nonzero(np.equal(row, low, out=buffer))
+            else:
+                ge = np.count_nonzero(np.greater_equal(row, low, out=buffer))
+                out[i] = ge - np.count_nonzero(np.greater(row, high, out=buffer))
+        return out
+    ge = np.empty(x.shape, dtype=bool)
+    if single:
+        np.equal(x, low, out=ge)
+        for i in range(r):
+            out[i] = np.count_nonzero(ge[i])
+        return out
+    gt = np.empty(x.shape, dtype=bool)
+    np.greater_equal(x, low, out=ge)
+    np.greater(x, high, out=gt)
+    for i in range(r):
+        out[i] = np.count_nonzero(ge[i]) - np.count_nonzero(gt[i])
+    return out
+
+
+def _window_participation_torch(
+    keys: Tensor, ordered: Tensor, start: int | Tensor, k: int, skip: Tensor | None
+) -> Tensor:
+    """``window_participation`` on other devices: the exact shares of every column, in torch."""
+    n, width = ordered.shape
+    if isinstance(start, int):
+        first = torch.full((width,), start, dtype=torch.int64, device=ordered.device)
+    else:
+        first = start.to(ordered.device, torch.int64)
+    x = keys.to(ordered.dtype)
+    if skip is not None:
+        keep = ~skip.to(ordered.device)
+        x, ordered, first = x[:, keep], ordered[:, keep], first[keep]
+    low = torch.gather(ordered, 0, first[None, :])[0]
+    high = torch.gather(ordered, 0, (first + k - 1)[None, :])[0]
+    end = first + k
+    at_low, at_high = x == low, x == high
+    holders_low = at_low.sum(dim=0, dtype=torch.float64).clamp_min(1.0)
+    holders_high = at_high.sum(dim=0, dtype=torch.float64).clamp_min(1.0)
+    kept_low = torch.minimum((x <= low).sum(dim=0), end) - first
+    kept_high = end - torch.maximum((x < high).sum(dim=0), first)
+    w_low = kept_low.to(torch.float64) / holders_low
+    w_high = torch.where(low == high, 0.0, kept_high.to(torch.float64) / holders_high)
+    inside = ((x > low) & (x < high)).sum(dim=1, dtype=torch.float64)
+    counts = inside + at_low.to(torch.float64) @ w_low + at_high.to(torch.float64) @ w_high
+    return counts.to("cpu")
 
 
 def sorted_block(block: Tensor) -> Tensor:
@@ -248,13 +508,17 @@ def _merge_exchange(m: int) -> list[tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _window_plan(m: int, k: int) -> tuple[tuple[tuple[int, int, int], ...], int, int]:
-    """Comparators (i, j, kind) computing sorted positions ``[first, last_start + k)`` of m values,
-    kind 0: both outputs, 1: only the min (into i), 2: only the max (into j); and (first,
-    last_start), the range of the possible window starts for the k values nearest the median."""
+def _window_plan(
+    m: int, k: int, margin: int = 0
+) -> tuple[tuple[tuple[int, int, int], ...], int, int]:
+    """Comparators (i, j, kind) computing sorted positions ``[first, last_start + k)`` of m values
+    (and ``margin`` more on each side), kind 0: both outputs, 1: only the min (into i), 2: only
+    the max (into j); and (first, last_start), the range of the possible window starts for the k
+    values nearest the median. The outputs at the positions computed are the same values with or
+    without the margin (each is the exact order statistic, by the same comparators)."""
     mid_lo, mid_hi = (m - 1) // 2, m // 2
     first, last_start = max(0, mid_lo - k + 1), min(mid_hi, m - k)
-    live = set(range(first, last_start + k))
+    live = set(range(max(0, first - margin), min(m, last_start + k + margin)))
     plan = []
     for i, j in reversed(_merge_exchange(m)):
         if i in live or j in live:
@@ -268,8 +532,8 @@ _WORKERS = 0  # column-block threads; 0: torch.get_num_threads()
 
 
 def median_window_mean(
-    source: np.ndarray, rows: list[int], k: int
-) -> tuple[np.ndarray, np.ndarray]:
+    source: np.ndarray, rows: list[int], k: int, track: bool = False
+) -> tuple[np.ndarray, ...]:
     """Per column of ``source[rows]`` (finite values, m = len(rows) > k >= 1), the mean of the k
     values nearest to the column median; returns it and the columns with an exact distance tie
     between two different values (to be decided by row index by the caller).
@@ -278,14 +542,24 @@ def median_window_mean(
     sums grow with a; below ``first`` they are <= 2c with equality only among values equal to c,
     from ``last_start`` on >= 2c), the same comparison as ``nearest_mean``. Window sum: for each
     candidate a, s[a + k] if the window moved past a, else s[a]; plus the always-kept positions.
+
+    ``track``: also the kept-value counts ``(m,)`` float64 per entry of ``rows``, as
+    ``window_participation`` counts them (tied columns left out, for the caller), from the window
+    bounds (followed through the candidates like the window sum) and the values next to them
+    (one more sorted position each side); the output values are the same bit for bit.
     """
     m = len(rows)
     d = source.shape[1]
-    plan, first, last_start = _window_plan(m, k)
+    plan, first, last_start = _window_plan(m, k, 1 if track else 0)
     mid_lo, mid_hi = (m - 1) // 2, m // 2
     out = np.empty(d, dtype=source.dtype)
     ties: list[np.ndarray] = []
     scale = source.dtype.type(1.0 / k)
+    counts = np.zeros(m, dtype=np.float64)
+    lock = threading.Lock()
+    nan = source.dtype.type(np.nan)
+    ints = np.int64 if source.dtype == np.float64 else np.int32
+    past_end = np.full(min(d, _BLOCK), nan) if track else None  # read only
 
     def block(lo: int) -> None:
         hi = min(d, lo + _BLOCK)
@@ -307,16 +581,44 @@ def median_window_mean(
         for p in kept[1:]:
             total += wires[p]
         tie = None
+        if track:  # the window bounds and their outer neighbours, followed like the sum
+            width = hi - lo
+            gone = past_end[:width]  # past the last sorted position
+            # (low, high, below, above) = s[start], s[start + k - 1], s[start - 1], s[start + k]
+            bounds = [
+                wires[p].copy() if 0 <= p < m else gone.copy()
+                for p in (first, first + k - 1, first - 1, first + k)
+            ]
+            start = np.full(width, first, dtype=np.intp)
+            bits, scratch = np.empty(width, dtype=ints), np.empty(width, dtype=ints)
         for a in range(first, last_start):
             left, right = wires[a], wires[a + k]
             np.add(left, right, out=spare)
-            total += np.where(spare < twice, right, left)
+            moved = spare < twice
+            total += np.where(moved, right, left)
             equal = (spare == twice) & (left != right)
             tie = equal if tie is None else tie | equal
+            if track:  # where the window moved past a: the bounds move one position up
+                start += moved
+                np.negative(moved, dtype=ints, out=bits)  # all ones where moved
+                step = (wires[a + 1], right, left, wires[a + k + 1] if a + k + 1 < m else gone)
+                for bound, new in zip(bounds, step, strict=True):
+                    _select_bits(bound.view(ints), new.view(ints), bits, scratch)
         total *= scale
         out[lo:hi] = total
         if tie is not None and tie.any():
             ties.append(np.flatnonzero(tie) + lo)
+        if track:
+            low, high, below, above = bounds
+            shared = (below == low) | (above == high)
+            if tie is not None and tie.any():
+                low[tie] = nan  # redone by row index by the caller
+                high[tie] = nan
+                shared &= ~tie
+            x = [source[r, lo:hi] for r in rows]  # the selected rows of this block (views)
+            part = _window_rows(x, low, high, start, k, shared)
+            with lock:
+                np.add(counts, part, out=counts)
 
     starts = range(0, d, _BLOCK)
     workers = min(_WORKERS or torch.get_num_threads(), len(starts))
@@ -327,15 +629,27 @@ def median_window_mean(
         for lo in starts:
             block(lo)
     tied = np.sort(np.concatenate(ties)) if ties else np.empty(0, dtype=np.int64)
-    return out, tied
+    return (out, tied, counts) if track else (out, tied)
 
 
 def run_blocks(
-    step: Callable[[slice], tuple[Tensor, Tensor | None]], d: int, device: torch.device
+    step: Callable[[slice], tuple[Tensor, Tensor | None]],
+    d: int,
+    device: torch.device,
+    middle_window: tuple[Tensor, Tensor, int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``step(cols) -> (value (B,), counts (n,) or None)`` over the column blocks of a
     ``(n, d)`` input; returns the ``(d,)`` values and the participation (normalised counts,
-    float64 CPU) or None. Extra memory: the blocks' temporaries and the ``(d,)`` output."""
+    float64 CPU) or None. Extra memory: the blocks' temporaries and the ``(d,)`` output.
+
+    ``middle_window = (vectors, selected, k)`` (Bulyan's coordinate step with participation):
+    where ``median_window_tracked`` applies (CPU, float32/64, finite selected rows, more rows
+    than k) it replaces ``step``: the plain function's values, counts from the window bounds.
+    """
+    if middle_window is not None:
+        done = median_window_tracked(*middle_window)
+        if done is not None:
+            return done
     blocks = column_blocks(d, device)
     first, counts = step(blocks[0])
     # Written in place: (d,)-sized results kept per block would fragment the heap (measured: the
@@ -358,3 +672,39 @@ def run_blocks(
     if total is None:
         return value, None
     return value, total / total.sum()
+
+
+def median_window_tracked(
+    vectors: Tensor, selected: Tensor, k: int
+) -> tuple[Tensor, Tensor] | None:
+    """Bulyan's coordinate step with participation, without index sorts: per column of the
+    selected rows the mean of the k values nearest their median (``median_window_mean``, the same
+    values bit for bit as the plain ``bulyan``) and the participation ``(n,)`` float64 of the
+    inputs (counted from the window bounds; exact distance ties between different values go to
+    the lowest row index, as in ``nearest_mean``). None where it does not apply: not on CPU, not
+    float32/64, ``len(selected) <= k``, or a non-finite value in the selected rows."""
+    n = vectors.shape[0]
+    rows = selected.tolist()
+    if (
+        vectors.device.type != "cpu"
+        or vectors.dtype not in (torch.float32, torch.float64)
+        or len(rows) <= k
+        or not all(_row_finite(vectors[r]) for r in rows)
+    ):
+        return None
+    source = vectors.detach().numpy()
+    value, tied, counts = median_window_mean(source, rows, k, track=True)
+    if tied.size:  # as the plain function: the general path on the tied columns only
+        sub = torch.from_numpy(source[np.ix_(np.asarray(rows), tied)])
+        ordered, order = sorted_columns(sub, True)
+        fixed, used = nearest_mean(sub, ordered, order, middle_value(ordered), k)
+        value[tied] = fixed.to(vectors.dtype).numpy()
+        counts += np.bincount(used.reshape(-1).numpy(), minlength=len(rows))
+    total = torch.zeros(n, dtype=torch.float64)
+    total[selected] = torch.from_numpy(counts)
+    return torch.from_numpy(value), total / total.sum()
+
+
+def _row_finite(row: Tensor) -> bool:
+    """Whether a ``(d,)`` row is all finite: its sum first (NaN/inf propagate), then exactly."""
+    return bool(torch.isfinite(row.sum())) or bool(torch.isfinite(row).all())

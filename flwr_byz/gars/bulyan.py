@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require
 from ._columns import median_window_mean, nearest_mean, run_blocks
-from ._distances import pairwise_squared_distances
+from ._distances import checked_distances
 from ._types import Aggregation
 from .brute import check_subset_count, smallest_diameter_subset
 from .coordinatewise import median_of
@@ -56,15 +56,18 @@ def _closest_to_mean_of(sub: Tensor, usable: Tensor, members: Tensor) -> int:
 class _Selector:
     """Runs selector A on a subset of the inputs, reusing one distance matrix."""
 
-    def __init__(self, name: str, vectors: Tensor, usable: Tensor, f: int, options: dict) -> None:
-        self.name, self.f, self.options, self.usable = name, f, options, usable
+    def __init__(self, name: str, vectors: Tensor, f: int, options: dict) -> None:
+        self.name, self.f, self.options = name, f, options
         if name == "geometric_median":
-            self.rows, _ = centred_rows(vectors, usable)
+            self.usable = finite_rows("bulyan", vectors, f).to(vectors.device)
+            self.rows, _ = centred_rows(vectors, self.usable)
             self.eps = options.get("eps", 1e-8)
             self.tol = options.get("tol", 1e-7)
             self.max_iter = options.get("max_iter", 1000)
         else:
-            self.distances = pairwise_squared_distances(vectors, usable)
+            # The distances and the finiteness check in one pass (``checked_distances``).
+            self.distances, usable = checked_distances("bulyan", vectors, f)
+            self.usable = usable.to(vectors.device)
 
     def pick(self, remaining: Tensor) -> int:
         """Local index (into ``remaining``) of the vector selected this iteration."""
@@ -124,8 +127,8 @@ def _bulyan_impl(
         theta, beta = n - 2 * f, n - 4 * f
     else:
         theta, beta = n - 2 * f - 2, n - 4 * f - 2
-    usable = finite_rows("bulyan", vectors, f).to(vectors.device)
-    pick = _Selector(selector, vectors, usable, f, options)
+    pick = _Selector(selector, vectors, f, options)
+    usable = pick.usable
     remaining = torch.arange(n, device=vectors.device)
     chosen: list[int] = []
     for _ in range(theta):
@@ -152,7 +155,7 @@ def _bulyan_impl(
         used = selected[rows.reshape(-1).cpu()]
         return value, torch.bincount(used, minlength=n).to(torch.float64)
 
-    value, share = run_blocks(step, vectors.shape[1], vectors.device)
+    value, share = run_blocks(step, vectors.shape[1], vectors.device, (vectors, selected, beta))
     return Aggregation(value.to(vectors.device, vectors.dtype), selected, share)
 
 

@@ -6,8 +6,10 @@ run_blocks``: ~16k columns on CPU, cache-resident), so its extra memory is the b
 and the (d,) output, not a sorted copy of the input. NaN/inf count as the most extreme values of
 their coordinate (see ``_checks.extremes_as_inf``, applied per block): with at most f (b) of them
 per coordinate the output is finite. Exact distance ties between different values go to the
-lowest row index. Without participation tracking Phocas and MeaMed take the window of the n - b
-(n - f) nearest values from the sorted block directly (``_columns.sorted_window_mean``).
+lowest row index. Phocas and MeaMed take the window of the n - b (n - f) nearest values from
+the sorted block directly (``_columns.sorted_window_mean``). Participation (``track``) is counted
+from each window's bounds in the block's values (``_columns.window_participation``), not from an
+index sort: the tracked output is the plain function's, bit for bit.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from ._columns import (
     middle_positions,
     middle_value,
     nearest_by_row_index,
-    nearest_mean,
     run_blocks,
     sorted_block,
     sorted_columns,
     sorted_window_mean,
-    window_counts,
+    window_participation,
 )
 from ._types import Aggregation
 
@@ -92,7 +93,7 @@ def _window_rule(
         block = keys(cols)
         ordered = sorted_block(block)
         value = middle_value(ordered) if is_median else mean_over_rows(ordered[lo:hi])
-        counts = window_counts(block, ordered, lo, hi, chunk=block.shape[1]) if track else None
+        counts = window_participation(block, ordered, lo, hi - lo) if track else None
         return value, counts
 
     return _run(vectors, step)
@@ -114,18 +115,21 @@ def _nearest_rule(
 
     def step(cols: slice) -> tuple[Tensor, Tensor | None]:
         block = keys(cols)
-        if track:
-            ordered, order = sorted_columns(block, True)
-            value, rows = nearest_mean(block, ordered, order, center_of(ordered), k)
-            return value, _row_counts(n, rows)  # type: ignore[arg-type]
         ordered = sorted_block(block)
         center = center_of(ordered)
-        value, tied = sorted_window_mean(ordered, center, k)
+        value, tied, *start = sorted_window_mean(ordered, center, k, with_start=track)
+        nearest = None
         if bool(tied.any()):
             columns = torch.nonzero(tied, as_tuple=True)[0]
             sub = block[:, columns.to(block.device)].to(ordered.device, ordered.dtype)
-            value[columns], _ = nearest_by_row_index(sub, center[columns], k)
-        return value, None
+            value[columns], nearest = nearest_by_row_index(sub, center[columns], k)
+        if not track:
+            return value, None
+        # the window's rows from its bounds (no index sort); ties by row index from the redo
+        counts = window_participation(block, ordered, start[0], k, skip=tied)
+        if nearest is not None:
+            counts += _row_counts(n, nearest.cpu())
+        return value, counts
 
     return _run(vectors, step)
 
