@@ -3,12 +3,14 @@
 ```python
 app = ClientApp(train=..., mods=[byzantine_mod()])  # or ClientApp(client_fn=..., mods=[...])
 grid = adversary_grid(grid)  # in the ServerApp, only for omniscient attacks (ALIE, IPM, ...)
+app = adversary_app(ServerApp(server_fn=server_fn))  # the same for a legacy ServerApp
 x, y = poison_batch(context, x, y)  # in the user's training, for label_flip / backdoor
 ```
 """
 
-from ._grid import RelayGrid, adversary_grid
+from ._grid import RelayGrid, adversary_app, adversary_grid
 from ._mod import (
+    ATTACKED,
     NEEDS_HONEST,
     RELAY_ARRAYS,
     RELAY_CONFIG,
@@ -24,6 +26,7 @@ from ._mod import (
 from ._role import DATA, OMNISCIENT, OWN_VECTOR, SUPPORTED, Role, resolve_role
 
 __all__ = [
+    "ATTACKED",
     "ByzantineMod",
     "DATA",
     "NEEDS_HONEST",
@@ -35,6 +38,7 @@ __all__ = [
     "RelayGrid",
     "Role",
     "active_role",
+    "adversary_app",
     "adversary_grid",
     "apply_omniscient",
     "apply_own",

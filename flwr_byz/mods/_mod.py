@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import Tensor
 
@@ -27,6 +27,7 @@ RELAY_ARRAYS = "flwr-byz.honest"  # ArrayRecord {"vectors": (k, d) float32} of h
 RELAY_CONFIG = "flwr-byz.round"  # ConfigRecord {"honest-count", "byzantine-count"}
 NEEDS_HONEST = "flwr-byz: needs the honest vectors of the round"  # error reason (marker)
 NEEDS_HONEST_CODE = 0  # ErrorCode.UNKNOWN: the marker is told by its reason, not its code
+ATTACKED = "flwr-byz.attacked"  # ConfigRecord {"attack", "round"} on every attacked train reply
 
 _ACTIVE: contextvars.ContextVar[tuple[Role, int] | None] = contextvars.ContextVar(
     "flwr_byz_active_role", default=None
@@ -191,9 +192,12 @@ class ByzantineMod:
             reply = call_next(msg, context)
         finally:
             _ACTIVE.reset(token)
-        if reply.has_error() or role.attack in DATA:
+        if reply.has_error():
             return reply
-        _attack_reply(role, msg, reply, rnd, relay)
+        if role.attack not in DATA:
+            _attack_reply(role, msg, reply, rnd, relay)
+        # the mark adversary_grid counts (and strips); Flower's strategies ignore a ConfigRecord
+        reply.content.config_records[ATTACKED] = ConfigRecord({"attack": role.attack, "round": rnd})
         return reply
 
 

@@ -37,9 +37,9 @@ RNG = np.random.default_rng(0)
 @pytest.fixture(autouse=True)
 def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """``Message(...)`` needs a run id and node id, which only a Flower runtime sets."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", TaskIdentity._run_id or 1)  # noqa: SLF001
-    monkeypatch.setattr(TaskIdentity, "_node_id", TaskIdentity._node_id or 0)  # noqa: SLF001
-    monkeypatch.setattr(TaskIdentity, "_task_id", TaskIdentity._task_id or 1)  # noqa: SLF001
+    monkeypatch.setattr(TaskIdentity, "_run_id", TaskIdentity._run_id or 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", TaskIdentity._node_id or 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", TaskIdentity._task_id or 1)
 
 
 GLOBAL = {
@@ -448,6 +448,8 @@ def test_example_server_app_under_sign_flip(
         **RUN,
         "num-server-rounds": 3,
         "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "min-nodes": 4,
         "strategy": strategy,
         "num-byzantine": 1,
         "attack": "sign_flip",
