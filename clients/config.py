@@ -41,6 +41,24 @@ def _get(config: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
         ) from None
 
 
+def pre_steps(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The run config's ``pre`` as the checked chain ``[(name, options), ...]``: "" is none, a
+    JSON list holds steps as the strategies take them, else comma-separated step names."""
+    from flwr_byz.strategy import normalize_pre
+
+    text = str(text).strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            steps = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not a JSON list of steps: {err}") from None
+    else:
+        steps = [name.strip() for name in text.split(",")]
+    return normalize_pre(steps)
+
+
 def parse_json_options(text: Any, key: str) -> dict[str, Any]:
     """Decode a JSON object given as a string (``""`` = empty); errors name the config key."""
     if isinstance(text, Mapping):
@@ -98,6 +116,7 @@ class ClientConfig:
     clip_grad: float = 0.0
     rule: str = "average"
     rule_options: dict[str, Any] = field(default_factory=dict)
+    pre: str = ""  # the deployed pre-aggregation chain (defence-aware attacks search against it)
     num_byzantine: int = 0
     learning_rate: float = 0.1
     fraction_train: float = 1.0
@@ -213,6 +232,7 @@ class ClientConfig:
             clip_grad=_get(run_config, "clip-grad", 0.0, float),
             rule=_get(run_config, "rule", "average", str),
             rule_options=parse_json_options(run_config.get("rule-options", ""), "rule-options"),
+            pre=_get(run_config, "pre", "", str),
             num_byzantine=num_byzantine,
             learning_rate=_get(run_config, "learning-rate", 0.1, float),
             fraction_train=_get(run_config, "fraction-train", 1.0, float),

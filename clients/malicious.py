@@ -150,7 +150,7 @@ class AlieClient(MaliciousClient):
 
     @property
     def needs(self) -> str:
-        return "omniscient" if bool(self.options.get("omniscient", True)) else "colluders"
+        return attacks.knowledge(self.name, self.options)  # the threat model's one place
 
     same_for_all = True  # type: ignore[assignment]  # from all honest or the colluders' own
 
@@ -188,10 +188,138 @@ class LpCoordinateClient(MaliciousClient):
             known.to(torch.float64),
             n,
             f,
-            gar=self.cfg.rule,
+            gar=deployed_rule(self.cfg),
             gar_options=dict(self.cfg.rule_options),
             **self.options,
         ).to(known.dtype)
+
+
+class _Chain:
+    """The deployed pre-aggregation chain and rule as one ``aggregate(vectors, f, **options)``."""
+
+    def __init__(self, steps: list[tuple[str, dict[str, Any]]], rule: str) -> None:
+        self.steps, self.rule = steps, rule
+
+    def aggregate(self, vectors: Tensor, f: int, **options: Any) -> Any:
+        from flwr_byz import gars
+
+        return gars.aggregate_chain(vectors, f, self.steps, self.rule, **options)
+
+
+def deployed_rule(cfg: ClientConfig) -> Any:
+    """What the defence-aware attacks search against: the rule name, or the whole chain when
+    the run pre-aggregates (``pre``)."""
+    from .config import pre_steps
+
+    steps = pre_steps(cfg.pre)
+    return _Chain(steps, cfg.rule) if steps else cfg.rule
+
+
+class MimicClient(MaliciousClient):
+    """Mimic (Karimireddy et al. 2022): a copy of the honest vector ``i*`` with the largest
+    projection on the honest vectors' top principal direction, re-chosen during the first
+    ``warmup`` (1) rounds this adversary computes, then kept. The adversary that computes it
+    once per round (``AdversaryGrid``) keeps ``i*`` across rounds; a fresh client (the
+    coordinator path) chooses it every round."""
+
+    name, knowledge = "mimic", "omniscient"
+    allowed_options = frozenset({"warmup"})
+    same_for_all = True  # type: ignore[assignment]
+
+    def __init__(self, cfg: ClientConfig) -> None:
+        super().__init__(cfg)
+        self._rounds = 0
+        self._index: int | None = None
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        self._rounds += 1
+        warmup = int(self.options.get("warmup", 1))
+        vector, self._index = attacks.mimic_step(known, n, f, self._rounds, self._index, warmup)
+        return vector
+
+
+class MinMaxClient(MaliciousClient):
+    """Min-max (Shejwalkar, Houmansadr 2021): ``g_bar + gamma p`` no farther from any honest
+    vector than the honest diameter; options of ``flwr_byz.attacks.minmax``."""
+
+    name, knowledge = "minmax", "omniscient"
+    allowed_options = frozenset({"direction", "gamma_init", "rtol"})
+    same_for_all = True  # type: ignore[assignment]
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        return attacks.minmax(known, n, f, **self.options)
+
+
+class MinSumClient(MinMaxClient):
+    """Min-sum: ``g_bar + gamma p`` within the honest maximum of squared-distance sums."""
+
+    name = "minsum"
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        return attacks.minsum(known, n, f, **self.options)
+
+
+class FangClient(MaliciousClient):
+    """Fang et al. (2020) against coordinate-wise rules: per coordinate a draw beyond the honest
+    extremes against the mean's sign (option ``b``, 2); each colluder its own draw, seeded per
+    (seed, partition, round)."""
+
+    name, knowledge = "fang", "omniscient"
+    allowed_options = frozenset({"b"})
+
+    def submit(self, inputs: AttackInputs) -> Tensor:
+        known = self.known_vectors(inputs)
+        generator = inputs.generator("fang")
+        return attacks.fang(known, inputs.n, inputs.f, generator=generator, **self.options)
+
+
+class FangSelectionClient(MaliciousClient):
+    """Fang et al. against selection rules: ``-lambda sign(g_bar)``, lambda the largest the
+    deployed rule (and chain) still selects; options ``upper``, ``threshold``."""
+
+    name, knowledge = "fang_selection", "omniscient"
+    allowed_options = frozenset({"upper", "threshold"})
+    same_for_all = True  # type: ignore[assignment]
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        return attacks.fang_selection(
+            known,
+            n,
+            f,
+            gar=deployed_rule(self.cfg),
+            gar_options=dict(self.cfg.rule_options),
+            **self.options,
+        )
+
+
+class AlieOptClient(MaliciousClient):
+    """Defence-aware ALIE (ByzFL's optimised ALIE): z in [low, high] maximising the deployed
+    chain's deviation from the honest mean; options ``low``, ``high``, ``grid``, ``refine``."""
+
+    name, knowledge = "alie_opt", "omniscient"
+    allowed_options = frozenset({"low", "high", "grid", "refine"})
+    same_for_all = True  # type: ignore[assignment]
+    search = staticmethod(attacks.alie_opt)
+
+    def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
+        from .config import pre_steps
+
+        return self.search(
+            known,
+            n,
+            f,
+            gar=self.cfg.rule,
+            gar_options=dict(self.cfg.rule_options),
+            pre=pre_steps(self.cfg.pre),
+            **self.options,
+        )
+
+
+class IpmOptClient(AlieOptClient):
+    """Defence-aware IPM: eps in [low, high] maximising the deployed chain's deviation."""
+
+    name = "ipm_opt"
+    search = staticmethod(attacks.ipm_opt)
 
 
 class GaussianClient(MaliciousClient):
@@ -332,7 +460,7 @@ class AlieBackdoorClient(MaliciousClient):
 
     @property
     def needs(self) -> str:
-        return "omniscient" if bool(self.options.get("omniscient", False)) else "colluders"
+        return attacks.knowledge(self.name, self.options)  # the threat model's one place
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         from flwr_byz import data
@@ -376,6 +504,13 @@ MALICIOUS_CLIENTS: dict[str, type[MaliciousClient]] = {
         BitFlipClient,
         GamblerClient,
         AlieBackdoorClient,
+        MimicClient,
+        MinMaxClient,
+        MinSumClient,
+        FangClient,
+        FangSelectionClient,
+        AlieOptClient,
+        IpmOptClient,
     )
 }
 

@@ -129,7 +129,7 @@ def load_mnist5k(seed: int = 0, test_fraction: float = 0.2) -> DataSplit:
     return _split(images, torch.from_numpy(labels.copy()), "mnist5k", seed, test_fraction, 10)
 
 
-def _import_torchvision_datasets():  # noqa: ANN202 - module object
+def _import_torchvision_datasets():  # module object
     """``torchvision.datasets``, or an ImportError saying what to install."""
     try:
         return importlib.import_module("torchvision.datasets")

@@ -412,24 +412,6 @@ def option_names(fn: Any) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def pre_steps(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """The ``pre`` field as the checked chain ``[(name, options), ...]``: "" is none, a JSON
-    list holds steps as the strategies take them, else comma-separated step names."""
-    from flwr_byz.strategy import normalize_pre
-
-    text = text.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        try:
-            steps = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not a JSON list of steps: {err}") from None
-    else:
-        steps = [name.strip() for name in text.split(",")]
-    return normalize_pre(steps)
-
-
 def _validate_registries(cfg: RunConfig) -> None:
     """Names and options against the registries, and n against the rule's requirement for f,
     so that a bad run fails when the config is read, not in round 1 (errors name the field)."""
@@ -467,6 +449,8 @@ def _validate_registries(cfg: RunConfig) -> None:
         f"nodes per round, but num-clients={cfg.num_clients} x fraction-train="
         f"{cfg.fraction_train} gives {sampled}: every round would keep the model",
     )
+    from clients.config import pre_steps
+
     try:
         pre_steps(cfg.pre)
     except (ValueError, TypeError) as err:

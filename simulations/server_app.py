@@ -26,9 +26,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from clients.config import pre_steps
 from clients.grid_wrapper import GridWrapper
 from flwr_byz.metrics import detection_rates
-from simulations.experiment import RunConfig, build_experiment, load_spec, pre_steps
+from simulations.experiment import RunConfig, build_experiment, load_spec
 from simulations.results import (
     Checkpoint,
     RunLock,

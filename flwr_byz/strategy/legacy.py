@@ -75,7 +75,7 @@ def _node_id(proxy: ClientProxy) -> int:
 def _decode(parameters: Parameters) -> tuple[dict[str, np.ndarray] | None, str | None]:
     try:
         return _keyed(parameters_to_ndarrays(parameters)), None
-    except Exception as err:  # noqa: BLE001 - any decoding failure excludes the reply
+    except Exception as err:  # any decoding failure excludes the reply
         return None, f"parameters cannot be decoded: {type(err).__name__}: {err}"
 
 

@@ -165,7 +165,7 @@ def decode_arrayrecord(record: ArrayRecord) -> tuple[dict[str, np.ndarray] | Non
             return None, f"entry {key!r} is a {type(value).__name__}, not an Array"
         try:
             arrays[key] = array_to_numpy(value)
-        except Exception as err:  # noqa: BLE001 - any decoding failure excludes the reply
+        except Exception as err:  # any decoding failure excludes the reply
             return None, f"array {key!r} cannot be decoded: {type(err).__name__}: {err}"
     return arrays, None
 

@@ -258,7 +258,7 @@ class CenteredClipping:
         *,
         num_byzantine: int = 0,
         tau: float = 100.0,
-        L: int = 1,  # noqa: N803 - the paper's name
+        L: int = 1,  # the paper's name
         **kwargs: Any,
     ) -> None:
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):

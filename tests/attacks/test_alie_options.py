@@ -33,7 +33,7 @@ def test_unknown_sigma_is_an_error() -> None:
         attacks.alie(KNOWN, 10, 2, z=1.0, sigma="biased")
 
 
-def _client(options: str):  # noqa: ANN202 - the malicious client
+def _client(options: str):  # the malicious client
     run = {"attack": "alie", "attack-options": options, "num-byzantine": 2}
     return make_malicious_client(
         ClientConfig.from_configs(run, {"partition-id": 0, "num-partitions": 10})

@@ -65,7 +65,7 @@ def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> N
 
 
 def test_every_attack_has_a_client() -> None:
-    assert set(MALICIOUS_CLIENTS) == set(attacks.NAMES)
+    assert set(MALICIOUS_CLIENTS) == set(attacks.NAMES + attacks.BEYOND_NAMES)
 
 
 def test_roles_follow_byzantine_partitions() -> None:

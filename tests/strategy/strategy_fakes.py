@@ -75,7 +75,7 @@ def make_client_app(mode: str = "weights", seen_configs: list[dict[str, Any]] | 
     app = ClientApp()
 
     @app.train()
-    def train(message: Message, context) -> Message:  # noqa: ANN001
+    def train(message: Message, context) -> Message:
         role = context.node_config.get("role", "honest")
         node_id = context.node_id
         server_round = int(message.content["config"]["server-round"])
@@ -118,7 +118,7 @@ def make_client_app(mode: str = "weights", seen_configs: list[dict[str, Any]] | 
         return _reply(message, out, loss=float(node_id))
 
     @app.evaluate()
-    def evaluate(message: Message, context) -> Message:  # noqa: ANN001
+    def evaluate(message: Message, context) -> Message:
         if context.node_config.get("role") == "raise":
             raise RuntimeError("client crashed on purpose")
         metrics = MetricRecord({"eval-loss": float(context.node_id), "num-examples": 5})

@@ -24,7 +24,7 @@ def _counting_app() -> ClientApp:
     app = ClientApp()
 
     @app.train()
-    def train(message: Message, context) -> Message:  # noqa: ANN001
+    def train(message: Message, context) -> Message:
         rounds = int(context.state["c"]["rounds"]) + 1 if "c" in context.state else 1
         context.state["c"] = MetricRecord({"rounds": rounds})
         if context.node_config.get("crash"):
@@ -106,7 +106,7 @@ def test_forged_or_non_message_replies_become_errors() -> None:
     app = ClientApp()
 
     @app.train()
-    def train(message: Message, context) -> object:  # noqa: ANN001
+    def train(message: Message, context) -> object:
         if context.node_id == 1:
             return "not a message"
         other = Message(RecordDict(), 99, MessageType.TRAIN)  # not a reply to `message`

@@ -115,7 +115,7 @@ def test_undecodable_array_and_missing_record_are_excluded() -> None:
     good = make_client_app()
 
     @app.train()
-    def train(message: Message, context) -> Message:  # noqa: ANN001
+    def train(message: Message, context) -> Message:
         role = context.node_config["role"]
         if role == "garbage":
             bad = Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray", data=b"not numpy")

@@ -261,11 +261,11 @@ def _evaluating_app() -> ClientApp:
     good = make_client_app()
 
     @app.train()
-    def train(message: Message, context) -> Message:  # noqa: ANN001
+    def train(message: Message, context) -> Message:
         return good(message, context)
 
     @app.evaluate()
-    def evaluate(message: Message, context) -> Message:  # noqa: ANN001
+    def evaluate(message: Message, context) -> Message:
         accuracy, examples = EVAL[context.node_id]
         metrics = MetricRecord({"accuracy": accuracy, "num-examples": examples})
         return Message(RecordDict({"metrics": metrics}), reply_to=message)
@@ -305,7 +305,7 @@ def test_a_lying_client_does_not_set_the_train_loss() -> None:
     good = make_client_app()
 
     @app.train()
-    def train(message: Message, context) -> Message:  # noqa: ANN001
+    def train(message: Message, context) -> Message:
         reply = good(message, context)
         if context.node_id == 4:
             reply.content["metrics"] = MetricRecord({"train-loss": 1e12, "num-examples": 10**12})
