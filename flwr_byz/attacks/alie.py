@@ -46,8 +46,5 @@ def alie(honest: Tensor, n: int, f: int, z: float | None = None, sigma: str = "s
     if sigma not in SIGMAS:
         raise ValueError(f"alie: sigma must be one of {SIGMAS}, got {sigma!r}")
     factor = z_max(n, f) if z is None else float(z)
-    if sigma == "population":
-        mu, spread = honest.mean(dim=0), honest.std(dim=0, correction=0)
-    else:
-        mu, spread = mean_and_std(honest)
+    mu, spread = mean_and_std(honest, correction=0 if sigma == "population" else 1)
     return mu - factor * spread
