@@ -323,7 +323,7 @@ def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
 
 def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
     """Per rule, a heatmap of the worst final accuracy over the attacks: rows heterogeneity,
-    columns f (drawn only for sweeps with more than one of either)."""
+    columns f (drawn for sweeps over more than one heterogeneity)."""
     from simulations.plots import _pyplot
 
     by_rule: dict[str, list[dict[str, Any]]] = {}
@@ -334,7 +334,7 @@ def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> 
     for rule, members in by_rule.items():
         hets = sorted({str(r["heterogeneity"]) for r in members})
         fs = sorted({int(r["f"]) for r in members})
-        if len(hets) < 2 and len(fs) < 2:
+        if len(hets) < 2:  # a heatmap needs more than one heterogeneity
             continue
         plt = plt or _pyplot()
         if plt is None:
