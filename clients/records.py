@@ -11,7 +11,6 @@ arrays and bytes as ``Array.numpy()`` / ``Array(ndarray)``, without re-parsing e
 from __future__ import annotations
 
 import functools
-import io
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from flwr.common.constant import SType
 from numpy.lib import format as npy_format
 from torch import Tensor
 
-from flwr_byz.strategy.message_api import array_to_numpy, numpy_to_array
+from flwr_byz.codec import array_to_numpy, npy_header, numpy_to_array
 
 SOURCE_ATTR = "_flwr_byz_source"  # tag on a decoded tensor: (the Array's bytes, its version)
 
@@ -69,14 +68,7 @@ def unflatten(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
 @functools.lru_cache(maxsize=256)
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``."""
-    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    stream = io.BytesIO()
-    try:
-        npy_format.write_array_header_1_0(stream, header)
-    except ValueError:  # a header over 65535 bytes: np.save falls back to version 2.0
-        stream = io.BytesIO()
-        npy_format.write_array_header_2_0(stream, header)
-    return stream.getvalue()
+    return npy_header(npy_format.dtype_to_descr(dtype), shape)
 
 
 def _encode(values: np.ndarray) -> Array:

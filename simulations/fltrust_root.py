@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from clients.honest import flat_gradient
-from flwr_byz import data, models
+from flwr_byz import data
 from simulations.experiment import RunConfig
 
 ROOT_KEY = "fltrust-root"  # the generator key of the root set and of its mini-batches
@@ -46,16 +46,9 @@ def _unflatten(vector: Tensor, like: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def make_root_update(cfg: RunConfig) -> Any:
     """``server_update_fn(global_arrays, server_round)`` for :class:`flwr_byz.strategy.FLTrust`."""
-    split = data.load_dataset(
-        cfg.dataset, root=cfg.data_root or None, seed=cfg.seed, test_fraction=cfg.test_fraction
-    )
-    model = models.build(
-        cfg.model,
-        num_classes=split.num_classes,
-        in_shape=tuple(split.train_x.shape[1:]),
-        seed=cfg.seed,
-        init=cfg.init,
-    )
+    from simulations.server_app import split_and_model  # the evaluator's data and model
+
+    split, model = split_and_model(cfg)
     root = root_indices(int(split.train_y.numel()), cfg.root_size, cfg.seed)
 
     def server_update(global_arrays: Mapping[str, np.ndarray], server_round: int) -> dict:

@@ -295,14 +295,9 @@ def coordinator_for(cfg: RunConfig) -> Iterator[str]:
         handle.stop()
 
 
-def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, float]], ArrayRecord]:
-    """Centralised test evaluation and the initial model (seeded by ``cfg.seed``).
-
-    Under ``alie_backdoor`` it also records ``backdoor-accuracy`` (ALIE Table 2: the share of
-    triggered test images whose true label is not the target that the model classifies as the
-    target), so the backdoor's success is measured on the global model every evaluation."""
-    from clients.malicious import backdoor_accuracy
-    from flwr_byz import attacks, data, models
+def split_and_model(cfg: RunConfig) -> tuple[Any, torch.nn.Module]:
+    """The run's data split and its model, initialised as every node's (seeded by the run)."""
+    from flwr_byz import data, models
 
     split = data.load_dataset(
         cfg.dataset, root=cfg.data_root or None, seed=cfg.seed, test_fraction=cfg.test_fraction
@@ -314,6 +309,19 @@ def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, fl
         seed=cfg.seed,
         init=cfg.init,
     )
+    return split, model
+
+
+def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, float]], ArrayRecord]:
+    """Centralised test evaluation and the initial model (seeded by ``cfg.seed``).
+
+    Under ``alie_backdoor`` it also records ``backdoor-accuracy`` (ALIE Table 2: the share of
+    triggered test images whose true label is not the target that the model classifies as the
+    target), so the backdoor's success is measured on the global model every evaluation."""
+    from clients.malicious import backdoor_accuracy
+    from flwr_byz import attacks, data, models
+
+    split, model = split_and_model(cfg)
     initial = ArrayRecord(model.state_dict())
 
     def evaluate(arrays: ArrayRecord) -> dict[str, float]:

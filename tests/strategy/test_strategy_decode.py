@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flwr_byz.strategy.message_api import array_to_numpy, decode_arrayrecord, numpy_to_array
+from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array
 
 DTYPES = ["<f4", ">f4", "<f8", "<f2", "<i8", ">i4", "|b1", "|u1"]
 
