@@ -496,6 +496,14 @@ class _Server(socketserver.ThreadingTCPServer):
             self._slots.release()
 
 
+def _bound_address(server: socketserver.TCPServer) -> tuple[str, int]:
+    """``(host, port)`` of the server's bound socket: ``server_address``, whose host is a str for
+    the AF_INET/AF_INET6 sockets served here (typeshed's type also allows AF_UNIX bytes paths)."""
+    host, port = server.server_address[:2]
+    assert isinstance(host, str) and isinstance(port, int)
+    return host, port
+
+
 @dataclass
 class CoordinatorHandle:
     """A coordinator running in a background thread; ``address`` is ``"host:port"``."""
@@ -527,7 +535,7 @@ def start_coordinator(
     ``run_expiry`` (see the module docstring)."""
     host, port = parse_address(address)
     server = _Server((host, port), token=token, **limits)
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = _bound_address(server)
     thread = threading.Thread(target=server.serve_forever, name="flwr-byz-coordinator", daemon=True)
     thread.start()
     return CoordinatorHandle(f"{bound_host}:{bound_port}", server, thread)
@@ -676,8 +684,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     with server:
-        bound = server.server_address
-        print(f"flwr-byz coordinator listening on {bound[0]}:{bound[1]}", flush=True)
+        bound_host, bound_port = _bound_address(server)
+        print(f"flwr-byz coordinator listening on {bound_host}:{bound_port}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
 

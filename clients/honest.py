@@ -19,6 +19,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from torch import Tensor, nn
 
+from flwr_byz._values import as_float, as_int
+
 from .config import ClientConfig
 from .records import flatten
 from .runtime import client_device, dataset_for, model_with_state, shard_indices, state_slots
@@ -164,7 +166,7 @@ class WorkerMomentum:
             return None
         meta = state.config_records[MOMENTUM_META_KEY]
         vector = torch.from_numpy(state.array_records[MOMENTUM_KEY]["G"].numpy().copy())
-        return int(meta["round"]), vector, float(meta["loss"])
+        return as_int(meta["round"], "round"), vector, as_float(meta["loss"], "loss")
 
     def _round_file(self, rnd: int) -> Path:
         assert self.path is not None

@@ -184,14 +184,16 @@ class LpCoordinateClient(MaliciousClient):
     same_for_all = True  # type: ignore[assignment]
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
-        return attacks.lp_coordinate(
+        vector = attacks.lp_coordinate(
             known.to(torch.float64),
             n,
             f,
             gar=deployed_rule(self.cfg),
             gar_options=dict(self.cfg.rule_options),
             **self.options,
-        ).to(known.dtype)
+        )
+        assert isinstance(vector, Tensor)  # no (vector, gamma): return_gamma is not an option
+        return vector.to(known.dtype)
 
 
 class _Chain:

@@ -68,7 +68,9 @@ def unflatten(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
 @functools.lru_cache(maxsize=256)
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``."""
-    return npy_header(npy_format.dtype_to_descr(dtype), shape)
+    descr = npy_format.dtype_to_descr(dtype)
+    assert isinstance(descr, str)  # plain dtypes only (_plain_dtype): never a structured descr
+    return npy_header(descr, shape)
 
 
 def _encode(values: np.ndarray) -> Array:

@@ -205,8 +205,13 @@ class InProcessGrid(Grid):
         if context is None:
             reason = f"unknown destination node {node_id}; nodes are {self._node_ids}"
             return self._error_reply(message, ErrorCode.UNKNOWN, reason)
+        # ``metadata=`` is Flower's own (runtime-supported) way to rebuild a message with given
+        # metadata, left out of Message's typed overloads; Flower's make_message wraps the same
+        # call with the same ignore, but has moved between the flwr versions we support.
         incoming = (
-            Message(content=_copy_recorddict(message.content), metadata=copy(message.metadata))
+            Message(  # type: ignore[call-overload]
+                content=_copy_recorddict(message.content), metadata=copy(message.metadata)
+            )
             if message.has_content()
             else message
         )

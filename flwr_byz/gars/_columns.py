@@ -55,8 +55,8 @@ def sorted_columns(keys: Tensor, with_indices: bool) -> tuple[Tensor, Tensor | N
                 order
             )
         return torch.from_numpy(np.sort(array, axis=0)), None
-    values, order = torch.sort(work, dim=0)
-    return values, (order if with_indices else None)
+    values, indices = torch.sort(work, dim=0)
+    return values, (indices if with_indices else None)
 
 
 def mean_over_rows(table: Tensor) -> Tensor:
@@ -166,23 +166,23 @@ def sorted_window_mean(
             return mean_over_rows(table), tied, moved.sum(dim=0)
         return mean_over_rows(table), tied
     sort, two = ordered.numpy(), twice.numpy()  # in place over preallocated buffers
-    low, high = sort[: n - k], sort[k:]
-    table = np.empty((k, width), dtype=sort.dtype)
-    table[: 2 * k - n] = sort[n - k : k]
-    picked = table[2 * k - n :]
-    pair = np.add(low, high)
-    mask = np.less(pair, two)
-    np.copyto(picked, low)
-    np.copyto(picked, high, where=mask)
+    low_a, high_a = sort[: n - k], sort[k:]
+    table_a = np.empty((k, width), dtype=sort.dtype)
+    table_a[: 2 * k - n] = sort[n - k : k]
+    picked = table_a[2 * k - n :]
+    pair_a = np.add(low_a, high_a)
+    mask = np.less(pair_a, two)
+    np.copyto(picked, low_a)
+    np.copyto(picked, high_a, where=mask)
     start = _count_true(mask) if with_start else None
-    np.equal(pair, two, out=mask)
-    tied = np.zeros(width, dtype=bool)
+    np.equal(pair_a, two, out=mask)
+    tied_a = np.zeros(width, dtype=bool)
     if mask.any():  # rare: an exact tie between two (possibly equal) values
         columns = np.flatnonzero(mask.any(axis=0))
-        tied[columns] = (mask[:, columns] & (low[:, columns] != high[:, columns])).any(axis=0)
+        tied_a[columns] = (mask[:, columns] & (low_a[:, columns] != high_a[:, columns])).any(axis=0)
     if start is not None:
-        return mean_over_rows(torch.from_numpy(table)), torch.from_numpy(tied), start
-    return mean_over_rows(torch.from_numpy(table)), torch.from_numpy(tied)
+        return mean_over_rows(torch.from_numpy(table_a)), torch.from_numpy(tied_a), start
+    return mean_over_rows(torch.from_numpy(table_a)), torch.from_numpy(tied_a)
 
 
 def _count_true(mask: np.ndarray) -> Tensor:
@@ -375,8 +375,8 @@ def _fast_counts(
             if single:
                 out[i] = np.count_nonzero(np.equal(row, low, out=buffer))
             else:
-                ge = np.count_nonzero(np.greater_equal(row, low, out=buffer))
-                out[i] = ge - np.count_nonzero(np.greater(row, high, out=buffer))
+                at_least = np.count_nonzero(np.greater_equal(row, low, out=buffer))
+                out[i] = at_least - np.count_nonzero(np.greater(row, high, out=buffer))
         return out
     ge = np.empty(x.shape, dtype=bool)
     if single:
@@ -583,6 +583,7 @@ def median_window_mean(
         tie = None
         if track:  # the window bounds and their outer neighbours, followed like the sum
             width = hi - lo
+            assert past_end is not None  # allocated above when track
             gone = past_end[:width]  # past the last sorted position
             # (low, high, below, above) = s[start], s[start + k - 1], s[start - 1], s[start + k]
             bounds = [
@@ -698,6 +699,7 @@ def median_window_tracked(
         sub = torch.from_numpy(source[np.ix_(np.asarray(rows), tied)])
         ordered, order = sorted_columns(sub, True)
         fixed, used = nearest_mean(sub, ordered, order, middle_value(ordered), k)
+        assert used is not None  # order was given
         value[tied] = fixed.to(vectors.dtype).numpy()
         counts += np.bincount(used.reshape(-1).numpy(), minlength=len(rows))
     total = torch.zeros(n, dtype=torch.float64)

@@ -16,8 +16,9 @@ class Aggregation:
         (krum: 1, multi_krum: m, medoid: 1, brute: n-f, bulyan: theta); ``None`` otherwise.
     participation: ``(n,)`` float64 on CPU summing to 1: the share of the values averaged into
         the output that came from each input. Byzantine influence = ``participation[byz].sum()``.
+        ``None`` where the rule was not asked to track it (``track=False``).
     """
 
     vector: Tensor
     selected: Tensor | None
-    participation: Tensor
+    participation: Tensor | None

@@ -143,7 +143,7 @@ def _bulyan_impl(
         and theta > beta
         and bool(usable[selected].all())
     ):
-        return Aggregation(_fast_coordinate_step(vectors, selected, beta), selected, None)  # type: ignore[arg-type]
+        return Aggregation(_fast_coordinate_step(vectors, selected, beta), selected, None)
     index = selected.to(vectors.device)
 
     def step(cols: slice) -> tuple[Tensor, Tensor | None]:

@@ -63,7 +63,7 @@ def _block_keys(rule: str, vectors: Tensor, tolerance: int) -> Callable[[slice],
 
 def _run(vectors: Tensor, step: _Step) -> Aggregation:
     value, share = run_blocks(step, vectors.shape[1], vectors.device)
-    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)  # type: ignore[arg-type]
+    return Aggregation(value.to(vectors.device, vectors.dtype), None, share)
 
 
 def _row_counts(n: int, rows: Tensor) -> Tensor:

@@ -2,7 +2,10 @@
 properties (:class:`RobustBase`) and one mixin per rule that fixes its name and options.
 
 Each API module combines them with its own FedAvg, e.g. ``class Krum(rules.Krum, RobustStrategy)``,
-so a rule's options and documentation are written once for both APIs.
+so a rule's options and documentation are written once for both APIs. The rule mixins subclass
+:class:`RobustBase` (which the API's strategy base also subclasses, so the MRO is unchanged:
+``Krum -> rules.Krum -> RobustStrategy -> RobustBase -> FedAvg``) so that their
+``super().__init__(num_byzantine=..., rule_options=...)`` is typed against its constructor.
 """
 
 from __future__ import annotations
@@ -136,19 +139,19 @@ class RobustBase:
         self.aggregator.load_state_dict(state)
 
 
-class Average:
+class Average(RobustBase):
     """Unweighted mean (not robust; the reference)."""
 
     rule_name = "average"
 
 
-class Median:
+class Median(RobustBase):
     """Coordinate-wise median (n >= 2f + 1)."""
 
     rule_name = "median"
 
 
-class TrimmedMean:
+class TrimmedMean(RobustBase):
     """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7); ``b`` defaults to f."""
 
     rule_name = "trimmed_mean"
@@ -157,7 +160,7 @@ class TrimmedMean:
         super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
 
 
-class Phocas:
+class Phocas(RobustBase):
     """Phocas_b (Phocas paper, Def. 8): mean of the n-b values nearest to Trmean_b."""
 
     rule_name = "phocas"
@@ -166,19 +169,19 @@ class Phocas:
         super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
 
 
-class MeaMed:
+class MeaMed(RobustBase):
     """Mean around the median: per coordinate, the mean of the n-f values nearest the median."""
 
     rule_name = "meamed"
 
 
-class Krum:
+class Krum(RobustBase):
     """Krum (Bulyan paper; n >= 2f + 3): the reply with the lowest Krum score (n-f-2 neighbours)."""
 
     rule_name = "krum"
 
 
-class MultiKrum:
+class MultiKrum(RobustBase):
     """Multi-Krum: unweighted mean of the ``m`` lowest-scoring replies (default m = n - f)."""
 
     rule_name = "multi_krum"
@@ -187,13 +190,13 @@ class MultiKrum:
         super().__init__(num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
 
 
-class Medoid:
+class Medoid(RobustBase):
     """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances."""
 
     rule_name = "medoid"
 
 
-class GeometricMedian:
+class GeometricMedian(RobustBase):
     """Geometric median by smoothed Weiszfeld iterations (``eps``, ``tol``, ``max_iter``)."""
 
     rule_name = "geometric_median"
@@ -211,7 +214,7 @@ class GeometricMedian:
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
 
 
-class Brute:
+class Brute(RobustBase):
     """Brute (Bulyan paper): mean of the n-f subset of smallest diameter; refuses > max_subsets."""
 
     rule_name = "brute"
@@ -223,7 +226,7 @@ class Brute:
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
 
 
-class Bulyan:
+class Bulyan(RobustBase):
     """Bulyan(A) (Bulyan paper, section 4; n >= 4f + 3); ``selector`` A, ``variant`` "bulyan" or
     "momentum" (the Distributed Momentum paper's variant)."""
 
@@ -243,7 +246,7 @@ class Bulyan:
 
 
 # ---------------------------------------------------------------- beyond the seeds
-class CenteredClipping:
+class CenteredClipping(RobustBase):
     """Centered clipping (Karimireddy, He, Jaggi, 2021; n >= 2f + 1): from the previous round's
     aggregate ``v`` (0 at first), L times ``v <- v + mean_i (V_i - v) min(1, tau / ||V_i - v||)``.
 
@@ -269,7 +272,7 @@ class CenteredClipping:
         super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
 
 
-class FLTrust:
+class FLTrust(RobustBase):
     """FLTrust (Cao et al., 2021; needs a server root data set): trust ``max(0, cos(V_i, g_0))``,
     output the trust-weighted mean of the replies rescaled to ``||g_0||``.
 
@@ -287,7 +290,7 @@ class FLTrust:
         super().__init__(num_byzantine=num_byzantine, server_update_fn=server_update_fn, **kwargs)
 
 
-class DnC:
+class DnC(RobustBase):
     """Divide and conquer (Shejwalkar, Houmansadr, 2021; n >= 2f + 1): ``niters`` times, on ``b``
     random coordinates, drop the ``c f`` replies with the largest projection on the top principal
     direction; average the replies kept every time. Seeded: round t draws with
