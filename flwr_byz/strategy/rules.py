@@ -21,6 +21,28 @@ from flwr_byz.strategy.core import RobustAggregator, RoundReport, ServerUpdateFn
 from flwr_byz.strategy.server_update import ServerUpdateConfig
 
 
+def with_options(kwargs: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """``kwargs`` with the rule's named options merged into its ``rule_options``: only what the
+    caller set (None is the rule's default), and a clear error when one is given both ways."""
+    options = dict(kwargs.pop("rule_options", None) or {})
+    for key, value in named.items():
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise ValueError(
+                f"option {key!r} given twice: {key}={value!r} and rule_options[{key!r}]="
+                f"{options[key]!r}"
+            )
+        options[key] = value
+    return {**kwargs, "rule_options": options}
+
+
+def _class_hint(rule: str) -> str:
+    """The per-rule class name of ``rule`` (e.g. "Krum"), for error messages."""
+    names = {"multi_krum": "MultiKrum", "meamed": "MeaMed", "dnc": "DnC", "fltrust": "FLTrust"}
+    return names.get(rule, "".join(part.capitalize() for part in str(rule).split("_")))
+
+
 class RobustBase:
     """The robust part of a strategy: builds its :class:`RobustAggregator`, passes the remaining
     keywords to the FedAvg it is combined with.
@@ -68,6 +90,11 @@ class RobustBase:
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
+        if self.rule_name and rule not in (None, self.rule_name):
+            raise TypeError(
+                f"{type(self).__name__} runs {self.rule_name!r}; for {rule!r} use "
+                f"{_class_hint(rule)} or RobustStrategy({rule!r}, ...)"
+            )
         rule = rule or self.rule_name
         if not rule:
             raise ValueError(
@@ -157,7 +184,7 @@ class TrimmedMean(RobustBase):
     rule_name = "trimmed_mean"
 
     def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, b=b))
 
 
 class Phocas(RobustBase):
@@ -166,7 +193,7 @@ class Phocas(RobustBase):
     rule_name = "phocas"
 
     def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"b": b}, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, b=b))
 
 
 class MeaMed(RobustBase):
@@ -187,7 +214,7 @@ class MultiKrum(RobustBase):
     rule_name = "multi_krum"
 
     def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_byzantine=num_byzantine, rule_options={"m": m}, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, m=m))
 
 
 class Medoid(RobustBase):
@@ -205,13 +232,13 @@ class GeometricMedian(RobustBase):
         self,
         *,
         num_byzantine: int = 0,
-        eps: float = 1e-8,
-        tol: float = 1e-7,
-        max_iter: int = 1000,
+        eps: float | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
         **kwargs: Any,
     ) -> None:
         options = {"eps": eps, "tol": tol, "max_iter": max_iter}
-        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 class Brute(RobustBase):
@@ -220,10 +247,10 @@ class Brute(RobustBase):
     rule_name = "brute"
 
     def __init__(
-        self, *, num_byzantine: int = 0, max_subsets: int = 100_000, **kwargs: Any
+        self, *, num_byzantine: int = 0, max_subsets: int | None = None, **kwargs: Any
     ) -> None:
         options = {"max_subsets": max_subsets}
-        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 class Bulyan(RobustBase):
@@ -236,13 +263,13 @@ class Bulyan(RobustBase):
         self,
         *,
         num_byzantine: int = 0,
-        selector: str = "krum",
-        variant: str = "bulyan",
+        selector: str | None = None,
+        variant: str | None = None,
         selector_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         options = {"selector": selector, "variant": variant, "selector_options": selector_options}
-        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 # ---------------------------------------------------------------- beyond the seeds
@@ -260,16 +287,18 @@ class CenteredClipping(RobustBase):
         self,
         *,
         num_byzantine: int = 0,
-        tau: float = 100.0,
-        L: int = 1,  # the paper's name
+        tau: float | None = None,
+        L: int | None = None,  # the paper's name
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        if tau is not None and not (
+            isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0
+        ):
             raise ValueError(f"centered_clipping: tau must be positive and finite, got {tau!r}")
-        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        if L is not None and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
             raise ValueError(f"centered_clipping: L must be an int >= 1, got {L!r}")
-        options = {"tau": float(tau), "L": L}
-        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+        options = {"tau": None if tau is None else float(tau), "L": L}
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 class FLTrust(RobustBase):
@@ -303,16 +332,18 @@ class DnC(RobustBase):
         self,
         *,
         num_byzantine: int = 0,
-        niters: int = 5,
-        b: int = 10_000,
-        c: float = 1.0,
+        niters: int | None = None,
+        b: int | None = None,
+        c: float | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         for key, value in (("niters", niters), ("b", b)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"dnc: {key} must be an int >= 1, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"dnc: seed must be an int, got {seed!r}")
-        options = {"niters": niters, "b": b, "c": float(c), "seed": seed}
-        super().__init__(num_byzantine=num_byzantine, rule_options=options, **kwargs)
+        options = {"niters": niters, "b": b, "c": None if c is None else float(c), "seed": seed}
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
