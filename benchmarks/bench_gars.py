@@ -22,6 +22,10 @@ time and objective ``sum_i |z - x_i|``, ours stopped once its objective reaches 
 its own tolerance. ByzFL's package ``__init__`` imports its training stack (torchvision), so only
 ``byzfl/utils`` and ``byzfl/aggregators/aggregators.py`` are loaded (``--byzfl-path``: a wheel or
 site directory holding ``byzfl``, else the installed one); without them the section is skipped.
+``--byzfl`` also prints the rules and pre-aggregators beyond the seeds next to ByzFL's
+(CenteredClipping at tau = 100 and at tau = median norm / 2 with L = 3, Clipping, ARC, NNM,
+Bucketing; ByzFL 0.0.11 has no DnC or FLTrust), f = (n - 1) // 2.
+``--memory --rules beyond``: the same kernels plus fltrust and dnc (``BEYOND``, ``BEYOND_OWN``).
 """
 
 from __future__ import annotations
@@ -106,6 +110,13 @@ def _load_byzfl(path: str | None) -> types.ModuleType:
         raise ImportError(f"cannot load {origin}")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
+    origin = Path(root[0]) / "aggregators" / "preaggregators.py"  # NNM, Bucketing, Clipping, ARC
+    loader = importlib.util.spec_from_file_location("byzfl_preaggregators", origin)
+    if loader is not None and loader.loader is not None and origin.exists():
+        pre = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(pre)
+        for name in ("NNM", "Bucketing", "Clipping", "ARC"):
+            setattr(module, name, getattr(pre, name))
     return module
 
 
@@ -155,6 +166,77 @@ def _byzfl_peers(byzfl: types.ModuleType, x: torch.Tensor) -> dict[str, tuple]:
             "ByzFL: 3 iterations from 0, nu = 0.1 (not converged): see the section below",
         ),
     }
+
+
+BEYOND = ("centered_clipping", "centered_clipping_tau", "clip", "arc", "nnm", "bucketing")
+BEYOND_OWN = ("fltrust", "dnc")  # no ByzFL 0.0.11 peer (it has no FLTrust or DnC)
+
+
+def _beyond_kernels(x: torch.Tensor) -> dict[str, tuple[Callable[[int], object], object, str]]:
+    """Rules / pre-aggregators beyond the seeds: name -> (ours taking f, ByzFL factory or None,
+    note). ``tau``/``c`` for the clipping cases: from the median row norm of ``x``, so that about
+    half the rows are clipped (with tau = 100 nothing is clipped at these scales)."""
+    from flwr_byz.gars import preaggregation as pre
+
+    median_norm = float(pre._row_norms(x).median())  # float64, in column blocks
+    tau, c = median_norm / 2, median_norm
+    server = torch.zeros(x.shape[1], dtype=x.dtype)
+    for row in x:  # the row mean, without the (n, d) temporary that x.mean(dim=0) makes
+        server += row
+    server /= x.shape[0]
+    return {
+        "centered_clipping": (
+            lambda f: gars.centered_clipping(x, f),
+            lambda byzfl, f: byzfl.CenteredClipping()(x),
+            "tau = 100, L = 1, from 0 (no row clipped)",
+        ),
+        "centered_clipping_tau": (
+            lambda f: gars.centered_clipping(x, f, tau=tau, L=3),
+            lambda byzfl, f: byzfl.CenteredClipping(tau=tau, L=3)(x),
+            "tau = median norm / 2, L = 3, from 0",
+        ),
+        "clip": (
+            lambda f: pre.clip(x, f, c=c),
+            lambda byzfl, f: byzfl.Clipping(c=c)(x.clone()),
+            "c = median norm; ByzFL Clipping clips in place: timed on x.clone()",
+        ),
+        "arc": (
+            lambda f: pre.arc(x, f),
+            lambda byzfl, f: byzfl.ARC(f=f)(x.clone()),
+            "ByzFL ARC clips in place: timed on x.clone()",
+        ),
+        "nnm": (
+            lambda f: pre.nnm(x, f),
+            lambda byzfl, f: byzfl.NNM(f=f)(x),
+            "ByzFL: torch.cdist + a (n, n - f, d) gather",
+        ),
+        "bucketing": (
+            lambda f: pre.bucketing(x, f, s=2, seed=0),
+            lambda byzfl, f: (torch.manual_seed(0), byzfl.Bucketing(s=2)(x))[1],
+            "s = 2; ByzFL's global-RNG torch.randperm seeded 0 = our seed 0 permutation",
+        ),
+        "fltrust": (lambda f: gars.fltrust(x, f, server_update=server), None, "g_0 = row mean"),
+        "dnc": (lambda f: gars.dnc(x, f), None, "niters = 5, b = 10^4, c = 1, seed 0"),
+    }
+
+
+def _beyond_rows(byzfl: types.ModuleType, x: torch.Tensor, repeats: int) -> None:
+    """One table row per kernel beyond the seeds with a ByzFL peer: ours / ByzFL, interleaved."""
+    n, d = x.shape
+    f = (n - 1) // 2  # centered clipping's maximum; the pre-aggregators run with the same f
+    for name, (ours, theirs, note) in _beyond_kernels(x).items():
+        if theirs is None:
+            continue
+        fns = {"ours": functools.partial(ours, f), "byzfl": functools.partial(theirs, byzfl, f)}
+        times = _time_interleaved(fns, repeats, lambda: None)
+        ours_out = torch.as_tensor(ours(f)).to(torch.float64)
+        peer_out = torch.as_tensor(theirs(byzfl, f)).to(torch.float64)
+        diff = float((ours_out - peer_out).abs().max())
+        mine, peer = times["ours"][0], times["byzfl"][0]
+        print(
+            f"| {name} | {n} | {d:.0e} | {f} | {mine:.4f} | {peer:.4f} | {mine / peer:.2f} "
+            f"| {diff:.2e} | {note} |"
+        )
 
 
 def _objective(x: torch.Tensor, z: torch.Tensor) -> float:
@@ -232,7 +314,7 @@ def _byzfl_section(
     """Ours / ByzFL / Flower on the same inputs (interleaved), then the geometric median."""
     try:
         byzfl = _load_byzfl(path)
-    except Exception as error:  # noqa: BLE001 - any failure to load means: skip, saying why
+    except Exception as error:  # any failure to load means: skip, saying why
         print(f"ByzFL skipped: cannot load its aggregators ({type(error).__name__}: {error})")
         return
     print(
@@ -243,6 +325,12 @@ def _byzfl_section(
     inputs = [_rows(n, d, n + d) for n, d in sizes]
     for x in inputs:
         _byzfl_rows(byzfl, x, rules, repeats or (5 if x.shape[1] <= 100_000 else 3))
+    print()
+    print("Rules and pre-aggregators beyond the seeds, next to ByzFL's (f = (n - 1) // 2)")
+    print("| kernel | n | d | f | ours s | ByzFL s | ours/ByzFL | max abs diff | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for x in inputs:
+        _beyond_rows(byzfl, x, repeats or (5 if x.shape[1] <= 100_000 else 3))
     if "geometric_median" not in rules:
         return
     print()
@@ -326,10 +414,15 @@ def _memory_child(name: str, n: int, d: int, track: bool = False) -> None:
     (``track``: ``Rule.aggregate``, with participation, as the strategies call it)."""
     torch.set_num_threads(1)
     x = _rows(n, d, n + d)
+    if name in BEYOND or name in BEYOND_OWN:
+        _beyond_kernels(x)  # its median norm (float64 of each row) before the baseline
     base = _peak_bytes()
     start = time.perf_counter()
-    rule = gars.get(name)
-    rule.aggregate(x, _f_for(name, n)) if track else rule.fn(x, _f_for(name, n))
+    if name in BEYOND or name in BEYOND_OWN:
+        _beyond_kernels(x)[name][0]((n - 1) // 2)
+    else:
+        rule = gars.get(name)
+        rule.aggregate(x, _f_for(name, n)) if track else rule.fn(x, _f_for(name, n))
     seconds = time.perf_counter() - start
     extra = _peak_bytes() - base
     print(json.dumps({"extra": extra, "input": x.numel() * x.element_size(), "s": seconds}))
@@ -359,7 +452,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="d = 1e5 only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=None, help="runs per case (median)")
-    parser.add_argument("--rules", default=",".join(gars.NAMES), help="comma-separated rules")
+    parser.add_argument(
+        "--rules", default=",".join(gars.NAMES), help="comma-separated rules (--memory: 'beyond')"
+    )
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's built-ins")
     parser.add_argument("--n", default="25,51", help="comma-separated numbers of inputs")
     parser.add_argument(
@@ -370,8 +465,11 @@ def main() -> None:
     parser.add_argument("--track", action="store_true", help="--memory of Rule.aggregate")
     parser.add_argument("--byzfl", action="store_true", help="ByzFL's aggregators as peers")
     parser.add_argument("--byzfl-path", default=None, help="wheel/dir holding byzfl (optional)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (e.g. 1)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         name, n, d, *track = args.memory_child.split(",")
         _memory_child(name, int(n), int(float(d)), bool(track))
@@ -379,6 +477,8 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rules = args.rules.split(",")
+    if rules == ["beyond"]:
+        rules = [*BEYOND, *BEYOND_OWN]
     dims = [100_000] if args.quick else [100_000, 1_000_000]
     if args.d:
         dims = [int(float(value)) for value in args.d.split(",")]

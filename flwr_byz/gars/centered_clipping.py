@@ -8,6 +8,13 @@ Choices beyond ALGORITHMS.md: rows with a NaN/inf (at most f) contribute nothing
 weight is 0, as an infinitely far row's would be); norms are taken in float64. ``participation``
 is each input's share of the total weight it received over the L steps (the part of the output
 that came from ``v_0`` is not an input's and is left out before normalising).
+
+Computation: one column block of ``_BLOCK_ELEMENTS`` values at a time (no ``(n, d)`` copy), L + 1
+passes over the input (the norms for step l + 1 are taken in the pass that moves the centre at
+step l). Norms and the running centre are float64. For float32/16 input the differences
+``V_i - v`` and the weighted sums over the n rows are in the input dtype (the centre rounded to
+it: errors of the order of the output's own rounding); for float64 input, or when a weight is
+below 1e-30 (a row beyond ~1e30: float32 weights would lose digits), they are float64.
 """
 
 from __future__ import annotations
@@ -20,12 +27,20 @@ from torch import Tensor
 from ._checks import check_inputs, finite_rows, require
 from ._types import Aggregation
 
+_BLOCK_ELEMENTS = 1 << 18  # elements per column block (x n rows): bounds temporaries
+_FAST = True  # False: always the float64 path (the tests compare both)
+
+
+def _block_columns(n: int, d: int) -> int:
+    """Columns per block: ``_BLOCK_ELEMENTS / n`` (at least 64), at most d."""
+    return min(d, max(64, _BLOCK_ELEMENTS // n))
+
 
 def _centered_clipping_impl(
     vectors: Tensor,
     f: int,
     tau: float = 100.0,
-    L: int = 1,  # noqa: N803 - the paper's name
+    L: int = 1,  # the paper's name
     center: Tensor | None = None,
 ) -> Aggregation:
     n, d, f = check_inputs("centered_clipping", vectors, f)
@@ -42,19 +57,48 @@ def _centered_clipping_impl(
         if not isinstance(center, Tensor) or center.reshape(-1).shape[0] != d:
             shape = tuple(center.shape) if isinstance(center, Tensor) else type(center).__name__
             raise ValueError(f"centered_clipping: center must have {d} values, got {shape}")
-        v = center.reshape(-1).to(device=vectors.device, dtype=torch.float64)
+        v = center.reshape(-1).to(device=vectors.device, dtype=torch.float64, copy=True)
         if not bool(torch.isfinite(v).all()):
             raise ValueError("centered_clipping: center contains NaN or inf")
-    rows = torch.where(finite[:, None], vectors, torch.zeros_like(vectors)).to(torch.float64)
     share = torch.zeros(n, dtype=torch.float64, device=vectors.device)
-    for _ in range(L):
-        diff = rows - v
-        norms = torch.linalg.vector_norm(diff, dim=1)
-        weight = torch.where(
-            norms > tau, tau / norms.clamp_min(1e-300), torch.ones_like(norms)
-        ) * finite.to(torch.float64)
-        v = v + (weight[:, None] * diff).sum(dim=0) / n
+    mask = finite.to(torch.float64)
+    width = _block_columns(n, d)
+    blocks = [(start, min(start + width, d)) for start in range(0, d, width)]
+    zero_bad = not bool(finite.all())
+
+    # float32/16 input: differences in the input dtype (the centre rounded to it) with float64
+    # norms, and float32 weighted sums added to the float64 centre; float64 input, or weights
+    # too small for float32 (rows beyond ~1e30), take the float64 path.
+    fast = vectors.dtype in (torch.float32, torch.float16, torch.bfloat16) and _FAST
+
+    def block(start: int, stop: int, low: bool) -> Tensor:
+        part = vectors[:, start:stop]
+        if low:
+            part = part - v[start:stop].to(vectors.dtype)
+        else:
+            part = part.to(torch.float64) - v[start:stop]  # (n, width) float64, never (n, d)
+        return torch.where(finite[:, None], part, 0.0) if zero_bad else part
+
+    def norms2(diff: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64).square()
+
+    squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+    for start, stop in blocks:  # ||V_i - v_0||^2
+        squares += norms2(block(start, stop, fast))
+    for step in range(L):
+        norms = squares.sqrt()
+        weight = torch.where(norms > tau, tau / norms.clamp_min(1e-300), 1.0) * mask
         share = share * (1.0 - weight.sum() / n) + weight / n
+        last = step == L - 1
+        positive = weight[weight > 0]
+        low = fast and (positive.numel() == 0 or float(positive.min()) >= 1e-30)
+        w = weight.to(vectors.dtype) if low else weight
+        squares = torch.zeros_like(squares)
+        for start, stop in blocks:  # v += (1/n) sum_i w_i (V_i - v), then the next norms
+            diff = block(start, stop, low)
+            v[start:stop] += (w @ diff).to(torch.float64) / n
+            if not last:
+                squares += norms2(block(start, stop, fast))  # against the moved centre
     share = share.cpu()
     total = share.sum()
     participation = share / total if total > 0 else finite.cpu().to(torch.float64) / finite.sum()
@@ -65,7 +109,7 @@ def centered_clipping(
     vectors: Tensor,
     f: int,
     tau: float = 100.0,
-    L: int = 1,  # noqa: N803 - the paper's name
+    L: int = 1,  # the paper's name
     center: Tensor | None = None,
 ) -> Tensor:
     """Centered clipping around ``center`` (the previous output; None = 0); keep the result."""

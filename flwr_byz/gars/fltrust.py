@@ -7,9 +7,13 @@ stays pure, the strategy computes ``g_0`` from the global model.
 Choices beyond ALGORITHMS.md: a row with a NaN/inf or zero norm gets trust 0 (its cosine is
 undefined). When every trust score is 0 the kernel raises ``NoTrustError`` (a ``ValueError``), so a
 strategy keeps the model and reports why. f plays no part (accepted for the uniform signature).
+Everything is float64, in column blocks (no ``(n, d)`` float64 copy): one pass for the norms and
+the dot products with ``g_0``, one for the weighted sum.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -22,14 +26,44 @@ class NoTrustError(ValueError):
     """Every input has trust score 0: there is nothing to aggregate (keep the model)."""
 
 
+_BLOCK_ELEMENTS = 1 << 18  # elements per float64 column block (x n rows): bounds temporaries
+
+
+def _blocks(vectors: Tensor, finite: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (start, stop, float64 block with non-finite rows zeroed), never (n, d) float64."""
+    n, d = vectors.shape
+    width = min(d, max(64, _BLOCK_ELEMENTS // n))
+    zero_bad = not bool(finite.all())
+    for start in range(0, d, width):
+        part = vectors[:, start : start + width].to(torch.float64)
+        yield (
+            start,
+            start + part.shape[1],
+            (torch.where(finite[:, None], part, 0.0) if zero_bad else part),
+        )
+
+
+def _norms_and_dots(vectors: Tensor, g0: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
+    """Float64 ``(||V_i||, <V_i, g0>)`` of the rows (non-finite rows as 0), one pass in blocks."""
+    n = vectors.shape[0]
+    squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+    dots = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+    for start, stop, part in _blocks(vectors, finite):
+        squares += torch.linalg.vector_norm(part, dim=1).square()
+        dots += part @ g0[start:stop]
+    return squares.sqrt(), dots
+
+
+def _scores(norms: Tensor, dots: Tensor, g0: Tensor, finite: Tensor) -> Tensor:
+    cos = dots / (norms.clamp_min(1e-300) * torch.linalg.vector_norm(g0))
+    return torch.where(finite & (norms > 0), cos.clamp_min(0.0), torch.zeros_like(cos))
+
+
 def trust_scores(vectors: Tensor, server_update: Tensor) -> Tensor:
     """``(n,)`` float64 ``max(0, cos(V_i, g_0))``; 0 for non-finite or zero rows."""
     finite = finite_mask(vectors)
-    rows = torch.where(finite[:, None], vectors, torch.zeros_like(vectors)).to(torch.float64)
     g0 = server_update.reshape(-1).to(device=vectors.device, dtype=torch.float64)
-    norms = torch.linalg.vector_norm(rows, dim=1)
-    cos = (rows @ g0) / (norms.clamp_min(1e-300) * torch.linalg.vector_norm(g0))
-    return torch.where(finite & (norms > 0), cos.clamp_min(0.0), torch.zeros_like(cos))
+    return _scores(*_norms_and_dots(vectors, g0, finite), g0, finite)
 
 
 def _fltrust_impl(vectors: Tensor, f: int = 0, server_update: Tensor | None = None) -> Aggregation:
@@ -43,16 +77,17 @@ def _fltrust_impl(vectors: Tensor, f: int = 0, server_update: Tensor | None = No
     g0_norm = torch.linalg.vector_norm(g0)
     if float(g0_norm) == 0.0:
         raise NoTrustError("fltrust: the server update is zero, every trust score is 0")
-    ts = trust_scores(vectors, g0)
+    finite = finite_mask(vectors)
+    norms, dots = _norms_and_dots(vectors, g0, finite)
+    ts = _scores(norms, dots, g0, finite)
     total = ts.sum()
     if float(total) == 0.0:
         raise NoTrustError(f"fltrust: every trust score is 0 (n={n}); the model is kept")
-    finite = finite_mask(vectors)
-    rows = torch.where(finite[:, None], vectors, torch.zeros_like(vectors)).to(torch.float64)
-    norms = torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-300)
-    coef = ts * g0_norm / norms / total
-    value = (coef[:, None] * rows).sum(dim=0).to(vectors.dtype)
-    return Aggregation(value, None, (ts / total).cpu())
+    coef = ts * g0_norm / norms.clamp_min(1e-300) / total
+    value = torch.empty(d, dtype=torch.float64, device=vectors.device)
+    for start, stop, part in _blocks(vectors, finite):  # second pass: the weighted sum
+        value[start:stop] = coef @ part
+    return Aggregation(value.to(vectors.dtype), None, (ts / total).cpu())
 
 
 def fltrust(vectors: Tensor, f: int = 0, server_update: Tensor | None = None) -> Tensor:

@@ -52,9 +52,19 @@ class PreAggregation:
     one_to_one: bool
 
 
+_BLOCK_ELEMENTS = 1 << 18  # elements per column block (x n rows) of the float64 norms
+
+
 def _row_norms(vectors: Tensor) -> Tensor:
-    """``(n,)`` float64 Euclidean norms (inf for rows with NaN/inf)."""
-    norms = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1)
+    """``(n,)`` float64 Euclidean norms (inf for rows with NaN/inf), column block by column block
+    (float64 squares of each block, no ``(n, d)`` float64 copy)."""
+    n, d = vectors.shape
+    width = min(d, max(64, _BLOCK_ELEMENTS // n))
+    squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+    for start in range(0, d, width):
+        part = vectors[:, start : start + width]
+        squares += torch.linalg.vector_norm(part, dim=1, dtype=torch.float64).square()
+    norms = squares.sqrt()
     return torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.inf))
 
 
@@ -63,10 +73,12 @@ def _identity(n: int) -> Tensor:
 
 
 def _scale_rows(vectors: Tensor, scale: Tensor) -> Tensor:
-    """Multiply row i by ``scale[i]`` (float64) leaving rows with scale exactly 1 untouched."""
+    """Multiply row i by ``scale[i]`` (float64) leaving rows with scale exactly 1 untouched
+    (``x * 1.0`` is exactly ``x``, NaN/inf included, so one product does it)."""
+    if bool((scale == 1.0).all()):
+        return vectors.clone()
     factor = scale.to(vectors.dtype).to(vectors.device)
-    keep = (scale == 1.0).to(vectors.device)[:, None]
-    return torch.where(keep, vectors, vectors * factor[:, None])
+    return vectors * factor[:, None]
 
 
 def _clip_impl(vectors: Tensor, f: int = 0, c: float | None = None) -> PreAggregation:
@@ -184,7 +196,7 @@ def _bucketing_impl(
     mixing[bucket_of, torch.arange(n)] = 1.0 / sizes[bucket_of]
     out = torch.zeros(m, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
     out.index_add_(0, bucket_of.to(vectors.device), vectors)
-    out = out / sizes.to(vectors.dtype).to(vectors.device)[:, None]
+    out /= sizes.to(vectors.dtype).to(vectors.device)[:, None]
     return PreAggregation(out, mixing, False)
 
 
