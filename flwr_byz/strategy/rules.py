@@ -74,6 +74,7 @@ class RobustBase:
         rule: str | None = None,
         *,
         num_byzantine: int = 0,
+        num_malicious_nodes: int | None = None,
         rule_options: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         update_mode: str = "weights",
@@ -89,6 +90,13 @@ class RobustBase:
         server_update_fn: ServerUpdateFn | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
+        if num_malicious_nodes is not None:  # Flower's name for the same f
+            if num_byzantine not in (0, num_malicious_nodes):
+                raise ValueError(
+                    f"num_byzantine={num_byzantine} and num_malicious_nodes={num_malicious_nodes}"
+                    " name the same f: give one"
+                )
+            num_byzantine = num_malicious_nodes
         super().__init__(**fedavg_kwargs)
         if self.rule_name and rule not in (None, self.rule_name):
             raise TypeError(
@@ -213,7 +221,18 @@ class MultiKrum(RobustBase):
 
     rule_name = "multi_krum"
 
-    def __init__(self, *, num_byzantine: int = 0, m: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_byzantine: int = 0,
+        m: int | None = None,
+        num_nodes_to_select: int | None = None,  # Flower's MultiKrum name for m
+        **kwargs: Any,
+    ) -> None:
+        if num_nodes_to_select is not None:
+            if m not in (None, num_nodes_to_select):
+                raise ValueError(f"m={m} and num_nodes_to_select={num_nodes_to_select}: give one")
+            m = num_nodes_to_select
         super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, m=m))
 
 

@@ -32,3 +32,12 @@ def test_only_what_the_user_set_reaches_the_rule() -> None:
     assert strategy.MultiKrum(num_byzantine=1, m=3).aggregator.rule_options == {"m": 3}
     clipped = strategy.CenteredClipping(num_byzantine=1, tau=10.0)
     assert clipped.aggregator.rule_options == {"tau": 10.0}
+
+
+@pytest.mark.parametrize("module", [strategy, legacy], ids=["message-api", "legacy"])
+def test_flowers_keyword_names_mean_the_same(module) -> None:
+    assert module.Krum(num_malicious_nodes=2).num_byzantine == 2  # Flower's Krum, Bulyan
+    chosen = module.MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3)
+    assert chosen.num_byzantine == 1 and chosen.aggregator.rule_options == {"m": 3}
+    with pytest.raises(ValueError, match="name the same f"):
+        module.Median(num_byzantine=1, num_malicious_nodes=2)
