@@ -15,7 +15,14 @@ paper's variant.
    step's extra memory is the blocks' temporaries and the (d,) output, not a copy of S.
 
 variant="bulyan": theta = n - 2f, beta = theta - 2f. variant="momentum" (El-Mhamdi et al. 2020):
-theta = n - 2f - 2 selected with the selector, beta = n - 4f - 2. Both need n >= 4f + 3.
+theta = n - 2f - 2 selected with the selector, beta = n - 4f - 2. variant="momentum_code": the
+same theta and beta as the authors' code computes them ("Bulyan over Multi-Krum",
+LPD-EPFL/ByzantineMomentum ``aggregators/bulyan.py``): each input is scored once by the sum of its
+plain Euclidean distances to its m = n - f - 2 nearest others, the inputs ranked by score (ties:
+lowest index), and the i-th selected row is the *average* of the inputs ranked i .. m - 1 (the
+code's Multi-Krum over the not-yet-pruned inputs, its scores never updated); then step 2 on those
+theta rows around their lower middle value (torch's ``median``, as the code calls it; the same
+as the median for odd theta, e.g. n = 51, f = 12). ``selector`` must be krum. All need n >= 4f + 3.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require
-from ._columns import median_window_mean, nearest_mean, run_blocks
+from ._columns import median_window_mean, nearest_mean, run_blocks, sorted_columns
 from ._distances import checked_distances
 from ._types import Aggregation
 from .brute import check_subset_count, smallest_diameter_subset
@@ -37,7 +44,7 @@ from .krum import krum_order, krum_scores
 from .medoid import medoid_index
 
 SELECTORS = ("krum", "medoid", "brute", "geometric_median", "multi_krum")
-VARIANTS = ("bulyan", "momentum")
+VARIANTS = ("bulyan", "momentum", "momentum_code")
 _OPTIONS = {
     "krum": set(),
     "medoid": set(),
@@ -127,6 +134,12 @@ def _bulyan_impl(
         theta, beta = n - 2 * f, n - 4 * f
     else:
         theta, beta = n - 2 * f - 2, n - 4 * f - 2
+    if variant == "momentum_code":
+        if selector != "krum" or options:
+            raise ValueError(
+                "bulyan: variant 'momentum_code' fixes its selection (selector 'krum', no options)"
+            )
+        return _coded_bulyan(vectors, f, theta, beta, track)
     pick = _Selector(selector, vectors, f, options)
     usable = pick.usable
     remaining = torch.arange(n, device=vectors.device)
@@ -157,6 +170,44 @@ def _bulyan_impl(
 
     value, share = run_blocks(step, vectors.shape[1], vectors.device, (vectors, selected, beta))
     return Aggregation(value.to(vectors.device, vectors.dtype), selected, share)
+
+
+def _coded_ranking(vectors: Tensor, f: int) -> Tensor:
+    """The Momentum code's ranking: inputs by the sum of plain distances to their n - f - 2 nearest
+    others (non-finite inputs last), stable; its first n - f - 2 entries."""
+    n = vectors.shape[0]
+    squared, _ = checked_distances("bulyan", vectors, f)
+    keep = n - f - 2
+    scores = krum_scores(squared.clamp_min(0.0).sqrt(), keep)
+    return torch.argsort(scores.cpu(), stable=True)[:keep]
+
+
+def _coded_bulyan(vectors: Tensor, f: int, theta: int, beta: int, track: bool) -> Aggregation:
+    """variant="momentum_code": row i the mean of the ranked inputs i .. m - 1; then step 2."""
+    n = vectors.shape[0]
+    top = _coded_ranking(vectors, f)
+    sizes = torch.arange(top.numel(), top.numel() - theta, -1, dtype=torch.float64)
+    # weights[i, top[j]] = 1 / sizes[i] for j >= i: how each averaged row is made of the inputs
+    weights = torch.zeros(theta, n, dtype=torch.float64)
+    weights[:, top] = torch.triu(torch.ones(theta, top.numel(), dtype=torch.float64))
+    weights /= sizes[:, None]
+    index = top.to(vectors.device)
+    divisor = sizes.to(vectors.device)[:, None]
+
+    def step(cols: slice) -> tuple[Tensor, Tensor | None]:
+        pool = vectors[:, cols].index_select(0, index).to(torch.float64)
+        suffix = pool.flip(0).cumsum(0).flip(0)[:theta]  # row i: sum of ranked inputs i ..
+        rows = (suffix / divisor).to(vectors.dtype)
+        ordered, order = sorted_columns(rows, track)
+        center = ordered[(theta - 1) // 2]  # torch's median, as the code calls it: the lower middle
+        value, used = nearest_mean(rows, ordered, order, center, beta)
+        if used is None:
+            return value, None
+        per_row = torch.bincount(used.reshape(-1).cpu(), minlength=theta).to(torch.float64)
+        return value, per_row @ weights
+
+    value, share = run_blocks(step, vectors.shape[1], vectors.device)
+    return Aggregation(value.to(vectors.device, vectors.dtype), top, share)
 
 
 def bulyan(
