@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from copy import copy
 from itertools import count
-from logging import ERROR
+from logging import DEBUG, ERROR
 from typing import Any
 
 from flwr.app import (
@@ -220,8 +220,11 @@ class InProcessGrid(Grid):
             reply = self.client_app(incoming, context)
         except Exception as err:  # Flower turns ClientApp exceptions into replies
             context.state = saved_state  # Flower keeps the pre-call Context when the app raises
-            log(ERROR, "ClientApp raised on node %s: %r", node_id, err)
-            log(ERROR, traceback.format_exc())
+            # one line per failing node (where it raised); the traceback only at DEBUG level
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+            log(ERROR, "ClientApp raised on node %s: %r (at %s)", node_id, err, where)
+            log(DEBUG, traceback.format_exc())
             reason = f"{type(err)}:<'{err}'>"
             return self._error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
         if not isinstance(reply, Message):

@@ -7,6 +7,10 @@
 - the clients' own reported metrics, aggregated so that no client controls them
   (:func:`median_client_metrics`).
 
+In a strategy's ``MetricRecord`` these diagnostics sit beside the clients' own metrics under one
+prefix, :data:`PREFIX` (``"byz."``: ``byz.replies``, ``byz.kept-model``, ...); :func:`byz_key`,
+:func:`add_prefix` and :func:`split_prefixed` add and strip it (docs/strategies.md, "Metrics").
+
 "variance" is ``mean_i ||g_i - g_bar||^2`` (the same quantity as the ratio's numerator). All sums
 are computed in float64 so that the conditions do not flip on rounding.
 """
@@ -16,13 +20,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "PARTITION_ID_KEY",
+    "PREFIX",
+    "add_prefix",
+    "byz_key",
     "byzantine_influence",
     "honest_statistics",
     "round_statistics",
@@ -30,8 +38,42 @@ __all__ = [
     "krum_condition",
     "median_client_metrics",
     "median_condition",
+    "split_prefixed",
     "variance_norm_ratio",
 ]
+
+#: The prefix of flwr-byz's own round diagnostics in a strategy's ``MetricRecord``
+#: (``byz.replies``, ``byz.selected-nodes``, ...); the clients' own metrics keep their names.
+PREFIX = "byz."
+
+#: The metric a client may send to name its partition (Flower's node-config key), read by the
+#: strategies for ``byz.selected-partitions`` / ``byz.excluded-partitions`` (never aggregated).
+PARTITION_ID_KEY = "partition-id"
+
+_V = TypeVar("_V")
+
+
+def byz_key(name: str) -> str:
+    """The ``MetricRecord`` key of diagnostic ``name``: ``byz_key("replies") == "byz.replies"``."""
+    return PREFIX + name
+
+
+def add_prefix(diagnostics: Mapping[str, _V]) -> dict[str, _V]:
+    """The diagnostics with :data:`PREFIX` on every key, in the same order."""
+    return {byz_key(key): value for key, value in diagnostics.items()}
+
+
+def split_prefixed(metrics: Mapping[str, _V]) -> tuple[dict[str, _V], dict[str, _V]]:
+    """``(diagnostics, others)`` of a strategy's metrics: the prefixed keys with the prefix
+    stripped (``{"replies": 5, ...}``), and the other keys (the clients' metrics) unchanged."""
+    ours: dict[str, _V] = {}
+    others: dict[str, _V] = {}
+    for key, value in metrics.items():
+        if key.startswith(PREFIX):
+            ours[key[len(PREFIX) :]] = value
+        else:
+            others[key] = value
+    return ours, others
 
 
 def _check_honest(honest: Tensor) -> None:

@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.config import pre_steps
 from clients.grid_wrapper import GridWrapper
-from flwr_byz.metrics import detection_rates
+from flwr_byz.metrics import detection_rates, split_prefixed
 from simulations.experiment import RunConfig, build_experiment, load_spec
 from simulations.results import (
     Checkpoint,
@@ -392,6 +392,21 @@ def _metric_values(record: MetricRecord | None) -> dict[str, Any]:
     return {str(k): (list(v) if isinstance(v, list) else v) for k, v in record.items()}
 
 
+#: diagnostics of the strategy's MetricRecord left out of ``rounds.jsonl`` (its format predates
+#: them; ``excluded-nodes`` and the run's partition map already tell the same)
+_NOT_IN_ROUNDS = frozenset({"excluded-partitions"})
+
+
+def _round_values(record: MetricRecord | None) -> dict[str, Any]:
+    """A round's train metrics as ``rounds.jsonl`` holds them: the strategy's diagnostics
+    without their ``byz.`` prefix (``kept-model``, ``selected-nodes``, ...) and the clients'
+    metrics (``train-loss``); a client's key never replaces one of ours."""
+    ours, clients = split_prefixed(_metric_values(record))
+    values = {k: v for k, v in ours.items() if k not in _NOT_IN_ROUNDS}
+    values.update({k: v for k, v in clients.items() if k not in values})
+    return values
+
+
 # ---------------------------------------------------------------------------------- run
 
 
@@ -448,6 +463,7 @@ def _run_locked(grid: Grid, cfg: RunConfig, timeout: float) -> RunRecord:
     wait_for_nodes(grid, cfg.num_clients, timeout=cfg.node_wait_timeout)
     roles = discover(grid)
     strategy.honest_node_ids = roles.honest
+    strategy.partition_of = roles.partition_of  # byz.selected-partitions
     grid = NodeWaitGrid(grid, min_nodes(cfg), cfg.node_wait_timeout)  # a lost node never hangs
     with coordinator_for(cfg) as address:
         grid = wrap_grid(grid, cfg, roles, address)
@@ -495,15 +511,16 @@ def _rounds(
         metrics: dict[str, Any] = {"round": t}
         if t % cfg.eval_every == 0 or t == cfg.num_rounds:  # eval-every: the whole test set
             metrics.update(evaluate(arrays))
-        metrics.update(_metric_values(train_metrics))
+        metrics.update(_round_values(train_metrics))
         metrics["learning-rate"] = strategy.aggregator.learning_rate_at(t)
         report = strategy.last_round_report
         if report is not None and report.server_round == t:
             metrics.update(report.details())  # who was excluded or dropped this round, and why
-        if "selected-nodes" in metrics:
-            metrics["selected-partitions"] = [
-                roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]
-            ]
+        if "selected-nodes" in metrics:  # the strategy knows roles.partition_of
+            metrics.setdefault(
+                "selected-partitions",
+                [roles.partition_of.get(int(i), -1) for i in metrics["selected-nodes"]],
+            )
             if report is not None and roles.byzantine:  # who the rule left out, and who attacks
                 kept = [int(i) for i in metrics["selected-nodes"]]
                 considered = [int(i) for i in report.accepted_node_ids]

@@ -9,8 +9,10 @@ dtypes, undecodable or non-finite values: proof that the sender is faulty). A mi
 error reply may be an honest crash: it lowers ``n``, never ``f``. When fewer usable replies remain
 than the rule needs for ``f'``, the model is kept (or :class:`TooFewRepliesError`). The server
 step (:mod:`.server_update`) gives the next model. Round metrics follow docs/ARCHITECTURE.md
-section 4 and ALGORITHMS.md ("Momentum and metrics"); the clients' own metrics are their
-unweighted per-key median.
+section 4 and ALGORITHMS.md ("Momentum and metrics"): the engine's diagnostics carry the prefix
+``byz.`` (:data:`flwr_byz.metrics.PREFIX`), the clients' own metrics keep their names and are
+their unweighted per-key median. The replies a round leaves out are logged in one line, grouped
+by reason (:func:`group_by_reason`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
 
 __all__ = [
     "ON_TOO_FEW",
+    "group_by_reason",
     "RobustAggregator",
     "RoundReport",
     "Submission",
@@ -50,6 +53,33 @@ ServerUpdateFn = Callable[[dict[str, np.ndarray], int], Mapping[str, Any]]
 _STATEFUL_RULES = ("centered_clipping", "fltrust", "dnc")
 
 ON_TOO_FEW = ("keep", "raise")
+
+
+def group_by_reason(entries: Sequence[tuple[int, str]]) -> str:
+    """``"reason from nodes 12, 40; other reason from node 7"``: the node ids of ``(node id,
+    reason)`` pairs grouped by reason (ids sorted), reasons in the order they first appear."""
+    by_reason: dict[str, list[int]] = {}
+    for node, reason in entries:
+        by_reason.setdefault(reason, []).append(node)
+    parts = []
+    for reason, nodes in by_reason.items():
+        ids = ", ".join(str(node) for node in sorted(nodes))
+        parts.append(f"{reason} from node{'s' if len(nodes) > 1 else ''} {ids}")
+    return "; ".join(parts)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _reported_partition(metrics: Mapping[str, Any]) -> int | None:
+    """The partition id a reply's metrics name (an int >= 0 under ``partition-id``), or None."""
+    value = metrics.get(round_metrics.PARTITION_ID_KEY)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (value.is_integer() and value >= 0):
+        return None
+    return int(value) if value >= 0 else None
 
 
 def _all_finite(vector: torch.Tensor) -> bool:
@@ -149,6 +179,11 @@ class RoundReport:
 
     ``participation`` (accepted node id -> share of the aggregate) is filled only when the
     aggregator tracks it (``honest_node_ids`` set, or ``track_participation=True``); else empty.
+    ``diagnostics``: the engine's round metrics, unprefixed (``{"replies": 7, ...}``);
+    ``client_metrics``: the per-key unweighted median of the clients' own metrics; ``metrics``:
+    both as the strategy's ``MetricRecord`` holds them (diagnostics under ``byz.``, the clients'
+    metrics, or a user's aggregation of them, under their own names). ``partition_of``: the
+    partition ids known for this round's nodes (node id -> partition id).
     """
 
     server_round: int
@@ -165,11 +200,29 @@ class RoundReport:
     reason_kept: str | None = None
     learning_rate: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    client_metrics: dict[str, Any] = field(default_factory=dict)
+    partition_of: dict[int, int] = field(default_factory=dict)
 
     @property
     def excluded_node_ids(self) -> list[int]:
         """Ids of the excluded nodes (missing, error replies, faulty content), in report order."""
         return [node for node, _ in self.excluded]
+
+    @property
+    def selected_partitions(self) -> list[int] | None:
+        """Partition ids of the selected nodes (-1 where unknown), or None when the rule did
+        not select or no partition id is known."""
+        if self.selected_node_ids is None or not self.partition_of:
+            return None
+        return [self.partition_of.get(node, -1) for node in self.selected_node_ids]
+
+    @property
+    def excluded_partitions(self) -> list[int] | None:
+        """Partition ids of the excluded nodes (-1 where unknown), or None when none is known."""
+        if not self.partition_of:
+            return None
+        return [self.partition_of.get(node, -1) for node, _ in self.excluded]
 
     @property
     def excluded_reasons(self) -> dict[int, str]:
@@ -220,6 +273,9 @@ class RobustAggregator:
             server's update on its root data (same keys and shapes as the model's float arrays,
             in the form of the replies' vectors: a delta in weights mode, a gradient in gradient
             mode). Required by ``fltrust``, refused by the other rules.
+        partition_of: node id -> partition id, where the caller knows it (a simulation does),
+            for ``byz.selected-partitions`` / ``byz.excluded-partitions``. A node missing there
+            is looked up in what its replies said (a ``partition-id`` metric), else -1.
 
     Rule state: ``centered_clipping`` starts each round from the previous round's output (0 at
     first, and after a layout change); :meth:`state_dict` / :meth:`load_state_dict` checkpoint it
@@ -238,6 +294,7 @@ class RobustAggregator:
         track_participation: bool = False,
         pre: Sequence[preaggregation.Step] | None = None,
         server_update_fn: ServerUpdateFn | None = None,
+        partition_of: Mapping[int, int] | None = None,
     ) -> None:
         if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int):
             raise TypeError(f"num_byzantine must be an int, got {type(num_byzantine).__name__}")
@@ -272,8 +329,14 @@ class RobustAggregator:
             if impl is not None and not self.pre and "track" in inspect.signature(impl).parameters
             else None
         )
-        #: client metric keys left out of the round metrics (the self-reported example count)
-        self.client_metrics_exclude: frozenset[str] = frozenset({"num-examples"})
+        #: client metric keys left out of the clients' medians (the self-reported example count
+        #: and partition id)
+        self.client_metrics_exclude: frozenset[str] = frozenset(
+            {"num-examples", round_metrics.PARTITION_ID_KEY}
+        )
+        self.partition_of = partition_of
+        #: partition ids the nodes' replies named (``partition-id`` metric), latest first
+        self._reported_partitions: dict[int, int] = {}
         self.last_round_report: RoundReport | None = None
         self._global: dict[str, np.ndarray] | None = None
         self._layout: ModelLayout | None = None
@@ -371,6 +434,35 @@ class RobustAggregator:
     @honest_node_ids.setter
     def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
         self._honest = None if node_ids is None else frozenset(int(i) for i in node_ids)
+
+    @property
+    def partition_of(self) -> dict[int, int] | None:
+        """Node id -> partition id as given (None: only what the replies report is known)."""
+        return self._partition_of
+
+    @partition_of.setter
+    def partition_of(self, mapping: Mapping[int, int] | None) -> None:
+        self._partition_of = (
+            None if mapping is None else {int(k): int(v) for k, v in dict(mapping).items()}
+        )
+
+    def _round_partitions(
+        self, submissions: Sequence[Submission], node_ids: Collection[int]
+    ) -> dict[int, int]:
+        """The partition ids known for ``node_ids``: the given mapping first, then what the
+        replies (this round's or earlier ones) reported."""
+        for sub in submissions:
+            reported = _reported_partition(sub.metrics)
+            if reported is not None:
+                self._reported_partitions[sub.node_id] = reported
+        given = self._partition_of or {}
+        out: dict[int, int] = {}
+        for node in node_ids:
+            if node in given:
+                out[node] = given[node]
+            elif node in self._reported_partitions:
+                out[node] = self._reported_partitions[node]
+        return out
 
     @property
     def layout(self) -> ModelLayout | None:
@@ -524,10 +616,7 @@ class RobustAggregator:
                     report.faulty_node_ids.append(sub.node_id)
             candidates = kept
             vectors = vectors[finite_cpu.to(vectors.device)]
-        for node_id, reason in report.excluded:
-            log(WARNING, "round %d: excluded reply from node %s: %s", server_round, node_id, reason)
-        for node_id, reason in report.dropped:
-            log(WARNING, "round %d: dropped reply from node %s: %s", server_round, node_id, reason)
+        self._log_left_out(report, len(submissions) + report.dropouts)
 
         accepted = [sub.node_id for sub in candidates]
         report.accepted_node_ids = accepted
@@ -600,9 +689,43 @@ class RobustAggregator:
                 agg_seconds,
             )
 
-        report.metrics = self._round_metrics(report, candidates, vectors, aggregation, agg_seconds)
+        report.partition_of = self._round_partitions(
+            submissions,
+            [sub.node_id for sub in submissions] + [int(node) for node in missing_node_ids],
+        )
+        report.diagnostics, report.client_metrics = self._round_metrics(
+            report, candidates, vectors, aggregation, agg_seconds
+        )
+        report.metrics = self.record_metrics(report.diagnostics, report.client_metrics)
         self.last_round_report = report
         return new_arrays, report
+
+    @staticmethod
+    def _log_left_out(report: RoundReport, asked: int) -> None:
+        """One warning line for the round's excluded and dropped replies, grouped by reason."""
+        parts = []
+        if report.excluded:
+            parts.append(
+                f"{len(report.excluded)} of {_plural(asked, 'node')} excluded: "
+                + group_by_reason(report.excluded)
+            )
+        if report.dropped:
+            parts.append(
+                f"{_plural(len(report.dropped), 'reply')} dropped: "
+                + group_by_reason(report.dropped)
+            )
+        if parts:
+            log(WARNING, "round %d: %s", report.server_round, "; ".join(parts))
+
+    @staticmethod
+    def record_metrics(
+        diagnostics: Mapping[str, Any], client_metrics: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """What the strategy's ``MetricRecord`` holds: the diagnostics under ``byz.``, then the
+        clients' metrics under their own names (a client's ``byz.*`` key never replaces ours)."""
+        out = round_metrics.add_prefix(diagnostics)
+        out.update({key: value for key, value in client_metrics.items() if key not in out})
+        return out
 
     # ------------------------------------------------------------------ metrics
     def _round_metrics(
@@ -612,7 +735,10 @@ class RobustAggregator:
         vectors: torch.Tensor,
         aggregation: gars.Aggregation | None,
         agg_seconds: float,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(diagnostics, client metrics)`` of the round: the engine's metrics, unprefixed, and
+        the clients' own metrics (unweighted per-key median, honest reporters only when the
+        honest node ids are known)."""
         out: dict[str, Any] = {
             "replies": report.replies,
             "excluded": len(report.excluded),
@@ -626,6 +752,12 @@ class RobustAggregator:
         }
         if report.selected_node_ids is not None:
             out["selected-nodes"] = list(report.selected_node_ids)
+        selected_partitions = report.selected_partitions
+        if selected_partitions is not None:
+            out["selected-partitions"] = selected_partitions
+        excluded_partitions = report.excluded_partitions
+        if excluded_partitions is not None:
+            out["excluded-partitions"] = excluded_partitions
         honest = self._honest
         if honest is not None:
             mask = torch.tensor([sub.node_id in honest for sub in accepted], dtype=torch.bool)
@@ -640,9 +772,8 @@ class RobustAggregator:
             reporters = [sub for sub in accepted if sub.node_id in honest]
         else:
             reporters = list(accepted)
-        # the clients' own metrics: unweighted median per key (no client controls it); ours win
+        # the clients' own metrics: unweighted median per key (no client controls it)
         client = round_metrics.median_client_metrics(
             (sub.metrics for sub in reporters), exclude=self.client_metrics_exclude
         )
-        out.update({key: value for key, value in client.items() if key not in out})
-        return out
+        return out, dict(client)

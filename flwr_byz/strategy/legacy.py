@@ -10,7 +10,10 @@ As in the Message API, only a result whose content breaks the protocol lowers ``
 a non-OK status may be an honest crash (it lowers ``n``). Results are matched to the clients
 sampled by ``configure_fit``: a second result of one client, or one of a client not sampled, is
 dropped and reported. Client metrics (fit and evaluate, loss included) are unweighted per-key
-medians unless ``fit_metrics_aggregation_fn`` / ``evaluate_metrics_aggregation_fn`` is given.
+medians unless ``fit_metrics_aggregation_fn`` / ``evaluate_metrics_aggregation_fn`` is given (it
+then replaces the medians, on the accepted results). ``aggregate_fit``'s metrics hold the round's
+diagnostics under the prefix ``byz.`` beside the clients' metrics, as in the Message API
+(docs/strategies.md, "Metrics"). The results a round leaves out are logged in one line.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from flwr_byz.metrics import median_client_metrics
+from flwr_byz.metrics import PARTITION_ID_KEY, median_client_metrics
 from flwr_byz.strategy import rules
-from flwr_byz.strategy.core import Submission
+from flwr_byz.strategy.core import RobustAggregator, Submission, group_by_reason
 from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
@@ -68,7 +71,7 @@ def _node_id(proxy: ClientProxy) -> int:
         return node_id
     try:
         return int(proxy.cid)
-    except (TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         return -1
 
 
@@ -90,6 +93,20 @@ class RobustFedAvg(RobustBase, FedAvg):
         super().__init__(*args, **kwargs)
         self._global_parameters: Parameters | None = None
         self._sampled: list[int] = []
+
+    def summary(self) -> None:
+        """Log the configuration: the rule, f, the pre-aggregation chain, the rule's real
+        minimum number of nodes, and that nothing is weighted (the legacy server prints no
+        summary of its own; call it to log these lines)."""
+        log(INFO, "%s (legacy API):", type(self).__name__)
+        lines = self.robust_summary(
+            sampled=self.min_fit_clients if self.fraction_fit > 0 else None,
+            train_metrics_fn=self.fit_metrics_aggregation_fn,
+            evaluate_metrics_fn=self.evaluate_metrics_aggregation_fn,
+        )
+        for index, line in enumerate(lines, start=1):
+            level = WARNING if line.startswith("WARNING: ") else INFO
+            log(level, "\t%s──> %s", "└" if index == len(lines) else "├", line)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -159,17 +176,38 @@ class RobustFedAvg(RobustBase, FedAvg):
             for text in exceptions:  # configure_fit was not called here: no sampled list
                 submissions.append(Submission(-1, None, f"failure: {text}", crashed=True))
         elif exceptions:
-            log(WARNING, "round %d: fit failures: %s", server_round, "; ".join(exceptions))
+            counts: dict[str, int] = {}
+            for text in exceptions:
+                counts[text] = counts.get(text, 0) + 1
+            log(
+                WARNING,
+                "round %d: %d fit failures naming no client: %s",
+                server_round,
+                len(exceptions),
+                "; ".join(f"{text} (x{k})" if k > 1 else text for text, k in counts.items()),
+            )
         new_arrays, report = self.aggregator.aggregate(server_round, submissions, missing, dropped)
         if report.kept_model and self._global_parameters is not None:
             parameters = self._global_parameters
         else:
             parameters = ndarrays_to_parameters(list(new_arrays.values()))
-        metrics: dict[str, Any] = dict(report.metrics)
         if self.fit_metrics_aggregation_fn:
             accepted = [examples[node] for node in report.accepted_node_ids if node in examples]
-            user = self.fit_metrics_aggregation_fn(accepted) if accepted else {}
-            metrics.update({key: value for key, value in user.items() if key not in metrics})
+            client: dict[str, Any] = {}
+            if accepted:
+                try:
+                    client = dict(self.fit_metrics_aggregation_fn(accepted) or {})
+                except Exception as err:  # a user's function must not end the run on a bad reply
+                    log(
+                        WARNING,
+                        "round %d: fit_metrics_aggregation_fn raised %r; the clients' metrics "
+                        "are their medians this round",
+                        server_round,
+                        err,
+                    )
+                    client = report.client_metrics
+            report.metrics = RobustAggregator.record_metrics(report.diagnostics, client)
+        metrics: dict[str, Any] = dict(report.metrics)
         log(INFO, "aggregate_fit round %d: %s", server_round, metrics)
         return parameters, metrics
 
@@ -183,9 +221,29 @@ class RobustFedAvg(RobustBase, FedAvg):
 
         The legacy FedAvg weights by the clients' own ``num_examples`` (one client claiming 1e12
         sets the loss; counts summing to zero raise ``ZeroDivisionError``). A user's
-        ``evaluate_metrics_aggregation_fn`` is honoured for the metrics.
+        ``evaluate_metrics_aggregation_fn`` is honoured for the metrics. The unusable results
+        are logged in one line, grouped by reason.
         """
         usable = [(proxy, res) for proxy, res in results if res.status.code == Code.OK]
+        unusable = [
+            (_node_id(proxy), f"status {res.status.code.name}: {res.status.message}")
+            for proxy, res in results
+            if res.status.code != Code.OK
+        ]
+        for failure in failures:
+            if isinstance(failure, BaseException):
+                unusable.append((-1, f"failure: {type(failure).__name__}: {failure}"))
+            else:
+                proxy, res = failure
+                unusable.append((_node_id(proxy), f"failure: status {res.status.code.name}"))
+        if unusable:
+            log(
+                WARNING,
+                "round %d: %d evaluation results unusable: %s",
+                server_round,
+                len(unusable),
+                group_by_reason(unusable),
+            )
         if not usable or (failures and not self.accept_failures):  # as the legacy FedAvg
             return None, {}
         losses = median_client_metrics({"loss": res.loss} for _, res in usable)
@@ -195,7 +253,9 @@ class RobustFedAvg(RobustBase, FedAvg):
                 [(res.num_examples, res.metrics) for _, res in usable]
             )
         else:
-            medians = median_client_metrics(dict(res.metrics or {}) for _, res in usable)
+            medians = median_client_metrics(
+                (dict(res.metrics or {}) for _, res in usable), exclude={PARTITION_ID_KEY}
+            )
             # legacy metrics are scalars: list-valued medians have no place there
             metrics = {k: v for k, v in medians.items() if not isinstance(v, list)}
         return (float(loss) if isinstance(loss, float) else None), metrics

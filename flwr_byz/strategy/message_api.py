@@ -12,24 +12,32 @@ returned), and a reply names it in ``reply_to_message_id``. So the SuperLink's
 was sent to, and a second reply to one message, or a reply to no message of the round, is dropped
 and reported. A message that was never pushed as such (a wrapper grid sent a copy, so its id
 stayed empty) is matched by node id instead, one reply at most.
+
+Metrics (docs/strategies.md, "Metrics"): ``aggregate_train`` returns the round's diagnostics under
+the prefix ``byz.`` (``byz.replies``, ``byz.excluded``, ``byz.kept-model``, ...) beside the
+clients' own metrics under their own names: their unweighted per-key median, or what the user's
+``train_metrics_aggr_fn`` makes of the accepted replies. The replies a round leaves out are
+logged in one line, grouped by reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array
-from flwr_byz.metrics import median_client_metrics
+from flwr_byz.metrics import PARTITION_ID_KEY, median_client_metrics
 from flwr_byz.strategy import rules
-from flwr_byz.strategy.core import Submission
+from flwr_byz.strategy.core import RobustAggregator, Submission, group_by_reason
 from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
@@ -54,6 +62,26 @@ __all__ = [
 ]
 
 
+#: ErrorCode value -> name (``5 -> "NODE_UNAVAILABLE"``)
+_ERROR_NAMES = {
+    value: name
+    for name, value in vars(ErrorCode).items()
+    if name.isupper() and isinstance(value, int)
+}
+#: Flower's text of a ClientApp exception: ``"<class 'ValueError'>:<'boom'>"``
+_FLOWER_EXCEPTION = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+
+
+def describe_error(code: int, reason: str | None) -> str:
+    """One line for an error reply: ``error reply (code 2, CLIENT_APP_RAISED_EXCEPTION):
+    ValueError('boom')`` (Flower's ``"<class 'ValueError'>:<'boom'>"`` shortened)."""
+    name = _ERROR_NAMES.get(code)
+    reason = (reason or "").strip()
+    match = _FLOWER_EXCEPTION.match(reason)
+    text = f"{match.group(1)}({match.group(2)!r})" if match else reason
+    return f"error reply (code {code}{', ' + name if name else ''}): {text}"
+
+
 def _reply_metrics(message: Message) -> dict[str, Any]:
     """The reply's scalar metrics (all its MetricRecords merged)."""
     merged: dict[str, Any] = {}
@@ -76,29 +104,44 @@ class RobustStrategy(RobustBase, FedAvg):
         self._global_record: ArrayRecord | None = None
         self._sent: list[Message] = []
         self._sent_evaluate: list[Message] = []
-        self.aggregator.client_metrics_exclude = frozenset({self.weighted_by_key})
+        self.aggregator.client_metrics_exclude = frozenset({self.weighted_by_key, PARTITION_ID_KEY})
+
+    def _user_fn(self, fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        """The user's metrics aggregation, or None for FedAvg's default (replaced by medians)."""
+        return None if fn is aggregate_metricrecords else fn
 
     def summary(self) -> None:
-        """Log the configuration."""
-        super().summary()
-        cfg = self.aggregator.update
+        """Log the configuration: FedAvg's sampling, then the rule, f, the pre-aggregation
+        chain, the rule's real minimum number of nodes, and that nothing is weighted.
+
+        FedAvg's own summary is not inherited: its "Weighted by" and its ``min_train_nodes``
+        (a sampling floor, 2 by default) would misstate what a robust rule needs."""
+        log(INFO, "\t├──> Sampling:")
         log(
             INFO,
-            "\t└──> Robust rule: %s (f=%d, options=%s, pre=%s) on %s, update_mode=%s, lr=%s, "
-            "schedule_r=%s, momentum=%s, weight_decay=%s, clip_norm=%s, on_too_few=%s",
-            self.aggregator.rule.name,
-            self.num_byzantine,
-            self.aggregator.rule_options,
-            self.aggregator.pre,
-            self.device,
-            cfg.update_mode,
-            cfg.learning_rate,
-            cfg.lr_schedule_r,
-            cfg.server_momentum,
-            cfg.weight_decay,
-            cfg.clip_norm,
-            self.aggregator.on_too_few,
+            "\t│\t├──Fraction: train (%.2f) | evaluate (%.2f)",
+            self.fraction_train,
+            self.fraction_evaluate,
         )
+        log(
+            INFO,
+            "\t│\t├──Nodes sampled at least: train (%d) | evaluate (%d)",
+            self.min_train_nodes,
+            self.min_evaluate_nodes,
+        )
+        log(INFO, "\t│\t└──Minimum available nodes: %d", self.min_available_nodes)
+        lines = self.robust_summary(
+            sampled=self.min_train_nodes if self.fraction_train > 0 else None,
+            train_metrics_fn=self._user_fn(self.train_metrics_aggr_fn),
+            evaluate_metrics_fn=self._user_fn(self.evaluate_metrics_aggr_fn),
+        )
+        log(INFO, "\t├──> %s:", lines[0])
+        for index, line in enumerate(lines[1:], start=2):
+            level = WARNING if line.startswith("WARNING: ") else INFO
+            log(level, "\t│\t%s──%s", "└" if index == len(lines) else "├", line)
+        log(INFO, "\t└──> Keys in records:")
+        log(INFO, "\t\t├── ArrayRecord key: '%s'", self.arrayrecord_key)
+        log(INFO, "\t\t└── ConfigRecord key: '%s'", self.configrecord_key)
 
     # -------------------------------------------------------------- training
     def configure_train(
@@ -155,9 +198,7 @@ class RobustStrategy(RobustBase, FedAvg):
         """What the engine needs of the reply to the message sent to ``node_id``."""
         if message.has_error():
             error = message.error
-            return Submission(
-                node_id, None, f"error reply (code {error.code}): {error.reason}", crashed=True
-            )
+            return Submission(node_id, None, describe_error(error.code, error.reason), crashed=True)
         if not message.has_content():
             return Submission(node_id, None, "reply has no content")
         content = message.content
@@ -174,8 +215,11 @@ class RobustStrategy(RobustBase, FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check the replies, aggregate robustly, step the model; never weighted by examples.
 
-        Replies are matched to this round's messages (module docstring); a user's
-        ``train_metrics_aggr_fn`` is applied to the accepted replies (round metrics win).
+        Replies are matched to this round's messages (module docstring). The metrics: the
+        round's diagnostics under ``byz.``, and the clients' own metrics under their names: the
+        unweighted per-key median of the accepted replies (the honest ones when
+        ``honest_node_ids`` is set), or a user's ``train_metrics_aggr_fn`` applied to the
+        accepted replies' contents (a ``byz.*`` key it returns never replaces ours).
         """
         replies = list(replies)
         matched, missing, dropped = self._match_replies(self._sent, replies)
@@ -187,16 +231,25 @@ class RobustStrategy(RobustBase, FedAvg):
             record = ArrayRecord()
             for key, value in new_arrays.items():
                 record[key] = numpy_to_array(value)
-        metrics = MetricRecord(report.metrics)
-        if self.train_metrics_aggr_fn is not aggregate_metricrecords:
+        user_fn = self._user_fn(self.train_metrics_aggr_fn)
+        if user_fn is not None:
             accepted = set(report.accepted_node_ids)
             contents = [message.content for node, message in matched if node in accepted]
+            client: dict[str, Any] = {}
             if contents:
-                user = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-                for key, metric in (user or {}).items():
-                    if key not in metrics:
-                        metrics[key] = metric
-        return record, metrics
+                try:
+                    client = dict(user_fn(contents, self.weighted_by_key) or {})
+                except Exception as err:  # a user's function must not end the run on a bad reply
+                    log(
+                        WARNING,
+                        "round %d: train_metrics_aggr_fn raised %r; the clients' metrics are "
+                        "their medians this round",
+                        server_round,
+                        err,
+                    )
+                    client = report.client_metrics
+            report.metrics = RobustAggregator.record_metrics(report.diagnostics, client)
+        return record, MetricRecord(report.metrics)
 
     # -------------------------------------------------------------- evaluation
     def configure_evaluate(
@@ -215,7 +268,8 @@ class RobustStrategy(RobustBase, FedAvg):
         The clients report their own metrics and example counts, so no weighting by
         ``weighted_by_key`` (one client claiming 1e12 examples would set the result) and no
         mean; non-finite and non-numeric values are dropped. A user's
-        ``evaluate_metrics_aggr_fn`` is honoured, on the usable replies.
+        ``evaluate_metrics_aggr_fn`` is honoured, on the usable replies. The unusable and
+        dropped replies are logged in one line, grouped by reason.
         """
         if self._sent_evaluate:
             matched, _, dropped = self._match_replies(self._sent_evaluate, replies)
@@ -228,27 +282,31 @@ class RobustStrategy(RobustBase, FedAvg):
                 else:
                     seen.add(sender)
                     matched.append((sender, reply))
-        for sender, reason in dropped:
-            log(
-                WARNING,
-                "round %d: dropped evaluation reply of node %s: %s",
-                server_round,
-                sender,
-                reason,
-            )
         usable: list[Message] = []
+        unusable: list[tuple[int, str]] = []
         for node, message in matched:
-            if message.has_error() or not message.has_content():
-                log(WARNING, "round %d: evaluation reply of node %s unusable", server_round, node)
-                continue
-            usable.append(message)
+            if message.has_error():
+                unusable.append((node, describe_error(message.error.code, message.error.reason)))
+            elif not message.has_content():
+                unusable.append((node, "reply has no content"))
+            else:
+                usable.append(message)
+        parts = []
+        if unusable:
+            parts.append(f"{len(unusable)} unusable: {group_by_reason(unusable)}")
+        if dropped:
+            parts.append(f"{len(dropped)} dropped: {group_by_reason(dropped)}")
+        if parts:
+            log(WARNING, "round %d: evaluation replies %s", server_round, "; ".join(parts))
         if not usable:
             return None
-        if self.evaluate_metrics_aggr_fn is not aggregate_metricrecords:
+        user_fn = self._user_fn(self.evaluate_metrics_aggr_fn)
+        if user_fn is not None:
             contents = [message.content for message in usable]
-            return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+            return user_fn(contents, self.weighted_by_key)  # type: ignore[no-any-return]
         values = median_client_metrics(
-            (_reply_metrics(message) for message in usable), exclude={self.weighted_by_key}
+            (_reply_metrics(message) for message in usable),
+            exclude={self.weighted_by_key, PARTITION_ID_KEY},
         )
         return MetricRecord(values) if values else None
 

@@ -11,12 +11,13 @@ so a rule's options and documentation are written once for both APIs. The rule m
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from flwr_byz.gars.preaggregation import Step
+from flwr_byz.metrics import PARTITION_ID_KEY, PREFIX
 from flwr_byz.strategy.core import RobustAggregator, RoundReport, ServerUpdateFn
 from flwr_byz.strategy.server_update import ServerUpdateConfig
 
@@ -64,6 +65,9 @@ class RobustBase:
             ``[{"name": "clip", "c": 1.0}]`` (steps of ``flwr_byz.gars.PRE_NAMES``, checked here:
             an unknown step or a bad option raises ``ValueError``); same ``f'`` as the rule.
         server_update_fn: FLTrust's server update (the :class:`FLTrust` class passes it).
+        partition_of: node id -> partition id where known (settable later), for the round
+            metrics ``byz.selected-partitions`` and ``byz.excluded-partitions``; a node not in
+            it is named by its replies' ``partition-id`` metric when a client sends one.
         **fedavg_kwargs: the FedAvg's own keywords (sampling, keys, ...).
     """
 
@@ -88,6 +92,7 @@ class RobustBase:
         track_participation: bool = False,
         pre: Sequence[Step] | None = None,
         server_update_fn: ServerUpdateFn | None = None,
+        partition_of: Mapping[int, int] | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         if num_malicious_nodes is not None:  # Flower's name for the same f
@@ -126,6 +131,7 @@ class RobustBase:
             track_participation=track_participation,
             pre=pre,
             server_update_fn=server_update_fn,
+            partition_of=partition_of,
         )
 
     def __repr__(self) -> str:
@@ -154,6 +160,78 @@ class RobustBase:
     @honest_node_ids.setter
     def honest_node_ids(self, node_ids: Collection[int] | None) -> None:
         self.aggregator.honest_node_ids = node_ids
+
+    @property
+    def partition_of(self) -> dict[int, int] | None:
+        """Node id -> partition id as given (None: only what replies report is known)."""
+        return self.aggregator.partition_of
+
+    @partition_of.setter
+    def partition_of(self, mapping: Mapping[int, int] | None) -> None:
+        self.aggregator.partition_of = mapping
+
+    @property
+    def min_nodes(self) -> int:
+        """The least number of accepted replies a round needs for the declared ``f`` (the rule's
+        requirement on n, after the pre-aggregation chain): fewer, and the model is kept."""
+        return self.aggregator.min_replies
+
+    def robust_summary(
+        self,
+        sampled: int | None = None,
+        train_metrics_fn: Callable[..., Any] | None = None,
+        evaluate_metrics_fn: Callable[..., Any] | None = None,
+    ) -> list[str]:
+        """The robust part of the strategy's summary, one line each (``summary()`` logs them;
+        a line starting with ``"WARNING: "`` at level WARNING).
+
+        ``sampled``: the least number of nodes the strategy samples per round, compared with
+        :attr:`min_nodes`; ``*_metrics_fn``: the user's aggregation of the clients' metrics
+        (None: the unweighted per-key median).
+        """
+        aggregator = self.aggregator
+        rule, f = aggregator.rule.name, self.num_byzantine
+        chain = " -> ".join(
+            name + (f"({options})" if options else "") for name, options in aggregator.pre
+        )
+        need = self.min_nodes
+        rule_need = aggregator.rule.min_n(f, **aggregator.rule_options)
+        need_text = f"{rule} needs n >= {rule_need} for f = {f}"
+        if need != rule_need:
+            need_text += f"; the pre-aggregation chain needs {need} replies to give as many"
+        too_few = "the model is kept" if aggregator.on_too_few == "keep" else "the round raises"
+        cfg = aggregator.update
+        lines = [
+            f"Robust aggregation (flwr-byz): {aggregator.label}",
+            f"Rule: {rule}, f = {f} Byzantine nodes declared per round, "
+            f"options {aggregator.rule_options or '{}'}",
+            f"Pre-aggregation: {chain or 'none'}",
+            f"Minimum nodes: {need} accepted replies per round ({need_text}); with fewer, "
+            f"{too_few}",
+            "Aggregation is not weighted: every accepted reply counts once (the clients' "
+            "self-reported example counts are ignored)",
+            f"Server step: update_mode={cfg.update_mode}, lr={cfg.learning_rate}, "
+            f"schedule_r={cfg.lr_schedule_r}, momentum={cfg.server_momentum}, "
+            f"weight_decay={cfg.weight_decay}, clip_norm={cfg.clip_norm}; device {self.device}",
+        ]
+        if sampled is not None and sampled < need:
+            lines.append(
+                f"WARNING: at least {sampled} nodes sampled per round, fewer than the {need} "
+                f"{aggregator.label} needs: a round with fewer accepted replies "
+                + ("keeps the model" if aggregator.on_too_few == "keep" else "raises")
+            )
+
+        def described(fn: Callable[..., Any] | None) -> str:
+            if fn is None:
+                return "unweighted per-key median"
+            return f"{getattr(fn, '__qualname__', None) or repr(fn)} (user's, on accepted replies)"
+
+        lines.append(
+            f"Clients' metrics: train {described(train_metrics_fn)}; evaluate "
+            f"{described(evaluate_metrics_fn)}; own diagnostics under '{PREFIX}*'; "
+            f"'{PARTITION_ID_KEY}' names a node's partition"
+        )
+        return lines
 
     @property
     def last_round_report(self) -> RoundReport | None:

@@ -83,8 +83,8 @@ def _check_all_used(out: dict) -> None:
         if "clients" in metrics:  # legacy: the example's fit_metrics_aggregation_fn
             assert metrics["clients"] == NUM_NODES, out
         else:
-            assert metrics["replies"] == NUM_NODES and metrics["excluded"] == 0, out
-            assert metrics["dropped-replies"] == 0, out
+            assert metrics["byz.replies"] == NUM_NODES and metrics["byz.excluded"] == 0, out
+            assert metrics["byz.dropped-replies"] == 0, out
 
 
 def _start_federation(federation_factory) -> Federation:

@@ -53,8 +53,8 @@ def test_round_one_alie_reply_is_used_by_a_robust_strategy() -> None:
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(net().state_dict()), num_rounds=2)
     for rnd in (1, 2):
         metrics = result.train_metrics_clientapp[rnd]
-        assert metrics["replies"] == 5 and metrics["excluded"] == 0, dict(metrics)
-        assert metrics["dropped-replies"] == 0 and "train-loss" in metrics, dict(metrics)
+        assert metrics["byz.replies"] == 5 and metrics["byz.excluded"] == 0, dict(metrics)
+        assert metrics["byz.dropped-replies"] == 0 and "train-loss" in metrics, dict(metrics)
     assert grid.byzantine_node_ids == {1}
     assert grid.attacked_rounds == {1: [1], 2: [1]} and grid.attacked_node_ids == [1]
 

@@ -134,3 +134,28 @@ def test_message_to_unknown_node_gets_an_error_reply() -> None:
     grid = InProcessGrid(_counting_app(), [{}])
     replies = grid.send_and_receive([Message(RecordDict(), 42, MessageType.TRAIN)])
     assert replies[0].has_error() and "unknown destination node 42" in replies[0].error.reason
+
+
+def test_a_raising_node_logs_one_error_line_and_its_traceback_only_at_debug() -> None:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("flwr")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        grid = InProcessGrid(_counting_app(), [{"crash": True}, {}], run_config={"lr": 0.1})
+        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(2, np.float32))})})
+        content["config"] = ConfigRecord({})
+        grid.send_and_receive(_messages(grid, content))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "node 1" in errors[0] and "boom" in errors[0] and "test_inprocess_grid.py" in errors[0]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert any("Traceback" in message for message in debug)

@@ -136,13 +136,13 @@ def test_a_round_with_pre_equals_the_kernel_chain_then_the_rule(
         # participation mapped back to the nodes, byzantine influence through the chain
         shares = want.participation.numpy()
         assert report.participation == pytest.approx(dict(enumerate(shares, start=1)))
-        assert report.metrics["byzantine-influence"] == pytest.approx(shares[N - F :].sum())
+        assert report.metrics["byz.byzantine-influence"] == pytest.approx(shares[N - F :].sum())
         one_to_one = all(name in ("clip", "arc") for name, _ in steps)
         if gars.get(rule).selects and one_to_one:
             assert report.selected_node_ids == [int(i) + 1 for i in want.selected.tolist()]
         else:
             assert report.selected_node_ids is None
-            assert "selected-nodes" not in report.metrics
+            assert "byz.selected-nodes" not in report.metrics
         assert report.kept_model is False
         model = new
 
@@ -154,7 +154,7 @@ def test_a_one_to_one_chain_keeps_selected_nodes() -> None:
     _, _, report = _step(aggregator, model, replies, 1)
     want = gars.aggregate_chain(_deltas(model, replies), F, ["arc"], "krum")
     assert report.selected_node_ids == [int(want.selected[0]) + 1]
-    assert report.metrics["selected-nodes"] == report.selected_node_ids
+    assert report.metrics["byz.selected-nodes"] == report.selected_node_ids
 
 
 def test_the_chain_runs_in_both_apis_on_the_same_replies() -> None:
@@ -170,7 +170,7 @@ def test_the_chain_runs_in_both_apis_on_the_same_replies() -> None:
     np.testing.assert_allclose(flat(new_modern) - flat(arrays), want, rtol=1e-5, atol=1e-6)
     for got, ref in zip(new_old, new_modern.values(), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    assert "selected-nodes" not in metrics and "selected-nodes" not in old_metrics
+    assert "byz.selected-nodes" not in metrics and "byz.selected-nodes" not in old_metrics
     assert modern.pre == old.pre == [("arc", {}), ("nnm", {})]
 
 
@@ -347,7 +347,7 @@ def test_fltrust_strategies_in_both_apis() -> None:
     np.testing.assert_allclose(flat(new_modern) - flat(arrays), want, rtol=1e-5, atol=1e-6)
     for got, ref in zip(new_old, new_modern.values(), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    assert metrics["kept-model"] == 0.0
+    assert metrics["byz.kept-model"] == 0.0
 
 
 # ------------------------------------------------------------------ DnC
@@ -380,8 +380,8 @@ def test_dnc_strategies_agree_across_apis_and_runs() -> None:
         np.testing.assert_allclose(new_a[key], new_b[key], rtol=1e-6, atol=1e-7)
     for got, ref in zip(new_old, new_a.values(), strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-    assert sorted(metrics_a["selected-nodes"]) == sorted(metrics_b["selected-nodes"])
-    assert metrics_old["selected-nodes"] == metrics_a["selected-nodes"]
+    assert sorted(metrics_a["byz.selected-nodes"]) == sorted(metrics_b["byz.selected-nodes"])
+    assert metrics_old["byz.selected-nodes"] == metrics_a["byz.selected-nodes"]
     with pytest.raises(ValueError, match="niters"):
         strategies.DnC(niters=0)
 

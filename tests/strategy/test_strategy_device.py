@@ -46,5 +46,5 @@ def test_cuda_and_cpu_strategies_agree(name: str) -> None:
     for key, value in cpu_arrays.items():
         assert gpu_arrays[key].dtype == value.dtype
         np.testing.assert_allclose(gpu_arrays[key], value, rtol=1e-4, atol=1e-5)
-    assert gpu_metrics["excluded"] == cpu_metrics["excluded"] == 1
-    assert gpu_metrics.get("selected-nodes") == cpu_metrics.get("selected-nodes")
+    assert gpu_metrics["byz.excluded"] == cpu_metrics["byz.excluded"] == 1
+    assert gpu_metrics.get("byz.selected-nodes") == cpu_metrics.get("byz.selected-nodes")

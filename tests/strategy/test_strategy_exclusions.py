@@ -46,8 +46,8 @@ def test_bad_reply_is_excluded_reported_and_the_rule_runs_on_the_rest(role: str)
     result = strategy.start(grid, to_record(start), num_rounds=1)
 
     metrics = result.train_metrics_clientapp[1]
-    assert metrics["replies"] == 7
-    assert metrics["excluded"] == 1
+    assert metrics["byz.replies"] == 7
+    assert metrics["byz.excluded"] == 1
     report = strategy.last_round_report
     assert [node for node, _ in report.excluded] == [7]
     assert REASON_WORDS[role] in report.excluded_reasons[7]
@@ -86,7 +86,7 @@ def test_too_few_replies_keep_the_model_unchanged() -> None:
     for key, value in start.items():
         np.testing.assert_array_equal(result.arrays[key].numpy(), value)
     metrics = result.train_metrics_clientapp[2]
-    assert metrics["kept-model"] == 1.0 and metrics["replies"] == 6
+    assert metrics["byz.kept-model"] == 1.0 and metrics["byz.replies"] == 6
     report = strategy.last_round_report
     assert report.kept_model and "krum needs n >= 7" in report.reason_kept
 
@@ -97,7 +97,7 @@ def test_all_replies_bad_keeps_the_model() -> None:
     grid = InProcessGrid(make_client_app(), node_configs(roles))
     start = initial_arrays()
     result = strategy.start(grid, to_record(start), num_rounds=1)
-    assert result.train_metrics_clientapp[1]["excluded"] == 3
+    assert result.train_metrics_clientapp[1]["byz.excluded"] == 3
     np.testing.assert_array_equal(flat(from_record(result.arrays)), flat(start))
 
 
@@ -216,12 +216,16 @@ def test_dropouts_are_excluded_counted_and_never_lower_f() -> None:
     start = initial_arrays()
     result = strategy.start(grid, to_record(start), num_rounds=1)
     metrics = result.train_metrics_clientapp[1]
-    assert metrics["replies"] == 6 and metrics["dropouts"] == 1 and metrics["excluded"] == 1
-    assert metrics["excluded-nodes"] == [4] and metrics["effective-f"] == 2
+    assert (
+        metrics["byz.replies"] == 6
+        and metrics["byz.dropouts"] == 1
+        and metrics["byz.excluded"] == 1
+    )
+    assert metrics["byz.excluded-nodes"] == [4] and metrics["byz.effective-f"] == 2
     report = strategy.last_round_report
     assert "no reply" in report.excluded_reasons[4]
     # a missing node may be an honest crash: f stays 2, so 6 replies are too few for Krum
-    assert report.num_byzantine == 2 and report.kept_model and metrics["kept-model"] == 1.0
+    assert report.num_byzantine == 2 and report.kept_model and metrics["byz.kept-model"] == 1.0
     assert "krum needs n >= 7 usable replies for f=2, got n=6" in report.reason_kept
     assert 4 not in report.accepted_node_ids
     np.testing.assert_array_equal(flat(from_record(result.arrays)), flat(start))

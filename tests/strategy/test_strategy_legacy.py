@@ -69,8 +69,8 @@ def test_legacy_and_message_api_agree_on_the_same_replies(name: str) -> None:
         for got, want in zip(new_old, new_modern.values(), strict=True):
             assert got.dtype == want.dtype
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-        assert old_metrics["excluded"] == metrics["excluded"] == 2
-        assert old_metrics.get("selected-nodes") == metrics.get("selected-nodes")
+        assert old_metrics["byz.excluded"] == metrics["byz.excluded"] == 2
+        assert old_metrics.get("byz.selected-nodes") == metrics.get("byz.selected-nodes")
         arrays = new_modern
 
 

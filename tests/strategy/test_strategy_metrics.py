@@ -112,10 +112,10 @@ def test_round_metrics_of_a_strategy_follow_the_definitions(strategy_class) -> N
     honest = np.stack([flat(honest_update(i, 1)) for i in range(1, 10)])
     variance, norm2 = _np_stats(honest)
     n_used, f_used = 10, 1  # the NaN reply is excluded: n' = 10, f' = 1
-    assert got["variance-norm-ratio"] == pytest.approx(variance / norm2, rel=1e-3)
-    assert got["krum-condition"] == float(2 * metrics.kappa(n_used, f_used) * variance < norm2)
-    assert got["median-condition"] == float((n_used - f_used) * variance < norm2)
-    assert got["byzantine-influence"] == pytest.approx(0.0, abs=1e-12)
-    assert got["agg-seconds"] >= 0.0
+    assert got["byz.variance-norm-ratio"] == pytest.approx(variance / norm2, rel=1e-3)
+    assert got["byz.krum-condition"] == float(2 * metrics.kappa(n_used, f_used) * variance < norm2)
+    assert got["byz.median-condition"] == float((n_used - f_used) * variance < norm2)
+    assert got["byz.byzantine-influence"] == pytest.approx(0.0, abs=1e-12)
+    assert got["byz.agg-seconds"] >= 0.0
     for value in got.values():
         assert isinstance(value, int | float | list)

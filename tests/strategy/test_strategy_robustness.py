@@ -73,13 +73,13 @@ def test_selection_rules_report_only_honest_nodes_and_zero_influence(name: str) 
     result = strategy.start(grid, to_record(initial_arrays()), num_rounds=1)
     metrics = result.train_metrics_clientapp[1]
     report = strategy.last_round_report
-    assert metrics["replies"] == N and metrics["excluded"] == 0
+    assert metrics["byz.replies"] == N and metrics["byz.excluded"] == 0
     assert sorted(report.accepted_node_ids) == list(range(1, N + 1))
     # geometric median: Weiszfeld weights of far points are tiny, not zero
-    assert metrics["byzantine-influence"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["byz.byzantine-influence"] == pytest.approx(0.0, abs=1e-6)
     assert sum(report.participation.values()) == pytest.approx(1.0)
     if strategy.aggregator.rule.selects:
-        selected = list(metrics["selected-nodes"])
+        selected = list(metrics["byz.selected-nodes"])
         assert selected == report.selected_node_ids
         if name == "bulyan":
             # Bulyan's last selection steps score over 1 neighbour: two identical attackers can be
@@ -88,7 +88,7 @@ def test_selection_rules_report_only_honest_nodes_and_zero_influence(name: str) 
         else:
             assert selected and all(1 <= node <= NUM_HONEST for node in selected)
     else:
-        assert "selected-nodes" not in metrics
+        assert "byz.selected-nodes" not in metrics
 
 
 def test_average_influence_is_the_byzantine_share() -> None:
@@ -97,5 +97,5 @@ def test_average_influence_is_the_byzantine_share() -> None:
     )
     grid = InProcessGrid(make_client_app(), node_configs(["honest"] * NUM_HONEST + ["flip"] * F))
     result = strategy.start(grid, to_record(initial_arrays()), num_rounds=1)
-    assert result.train_metrics_clientapp[1]["byzantine-influence"] == pytest.approx(F / N)
+    assert result.train_metrics_clientapp[1]["byz.byzantine-influence"] == pytest.approx(F / N)
     assert len(SHAPES) == 2

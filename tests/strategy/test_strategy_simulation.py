@@ -72,5 +72,5 @@ def test_robust_strategy_runs_in_flowers_simulation_engine(monkeypatch) -> None:
     # coordinate-wise median of 3 honest (+1) and 1 huge reply: +1 per round
     np.testing.assert_allclose(result.arrays["w"].numpy(), np.full(5, float(ROUNDS)))
     assert int(result.arrays["steps"].numpy()) == 3
-    assert result.train_metrics_clientapp[ROUNDS]["replies"] == NUM_NODES
-    assert result.train_metrics_clientapp[ROUNDS]["excluded"] == 0
+    assert result.train_metrics_clientapp[ROUNDS]["byz.replies"] == NUM_NODES
+    assert result.train_metrics_clientapp[ROUNDS]["byz.excluded"] == 0

@@ -82,7 +82,7 @@ def test_round_aggregate_is_the_plain_function_bit_for_bit(name: str) -> None:
     assert torch.equal(flat_new, flat_global - 1.0 * (-expected))
     assert np.array_equal(new_arrays["steps"], model["steps"])
     assert report.participation == {}  # not asked for, no honest ids
-    assert "byzantine-influence" not in report.metrics
+    assert "byz.byzantine-influence" not in report.metrics
 
 
 @pytest.mark.parametrize("name", gars.NAMES)
@@ -98,7 +98,7 @@ def test_tracked_round_matches_rule_aggregate(name: str) -> None:
         assert list(report.participation.values()) == reference.participation.tolist()
         if "honest_node_ids" in kwargs:
             byzantine = float(reference.participation[N - F :].sum())
-            assert report.metrics["byzantine-influence"] == pytest.approx(byzantine)
+            assert report.metrics["byz.byzantine-influence"] == pytest.approx(byzantine)
 
 
 @pytest.mark.parametrize("name", [name for name in gars.NAMES if gars.get(name).selects])
@@ -110,7 +110,7 @@ def test_selection_is_reported_with_and_without_participation(name: str) -> None
     for track in (False, True):
         _, _, _, report = _run(name, model, replies, track_participation=track)
         assert report.selected_node_ids == expected
-        assert report.metrics["selected-nodes"] == expected
+        assert report.metrics["byz.selected-nodes"] == expected
 
 
 @pytest.mark.parametrize("name", ["trimmed_mean", "bulyan", "krum"])
