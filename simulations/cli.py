@@ -2,10 +2,12 @@
 
 flwr-byz run CONFIG [--engine inprocess|flower] [--results DIR] [--rounds N] [--quick]
                     [--set KEY=VALUE ...] [--threads N] [--no-plot] [--keep-going]
+                    [--tensorboard LOGDIR]
 flwr-byz list
 flwr-byz show CONFIG            # the expanded runs, without running them
 flwr-byz summary DIR            # table of the records under DIR
 flwr-byz plot DIR               # accuracy / variance-norm-ratio PNGs for DIR
+flwr-byz tensorboard DIR --out LOGDIR   # the records under DIR as TensorBoard runs
 flwr-byz coordinator --address HOST:PORT
 """
 
@@ -59,17 +61,23 @@ def _experiment(args: argparse.Namespace) -> Experiment:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from simulations.runner import run_experiment
+    from simulations.tensorboard_log import TensorBoardUnavailable
 
     experiment = _experiment(args)
-    outcomes = run_experiment(
-        experiment,
-        engine=args.engine,
-        threads=args.threads,
-        progress=not args.no_progress,
-        plots=not args.no_plot,
-        verbose=args.verbose,
-        keep_going=args.keep_going,
-    )
+    try:
+        outcomes = run_experiment(
+            experiment,
+            engine=args.engine,
+            threads=args.threads,
+            progress=not args.no_progress,
+            plots=not args.no_plot,
+            verbose=args.verbose,
+            keep_going=args.keep_going,
+            tensorboard=args.tensorboard,
+        )
+    except TensorBoardUnavailable as err:  # raised before any run starts
+        print(f"flwr-byz: error: {err}", file=sys.stderr)
+        return 2
     failed = [o for o in outcomes if o.action == "failed"]
     for o in failed:
         print(f"FAILED {o.config.run_name}: {o.error}", file=sys.stderr)
@@ -125,6 +133,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from simulations.tensorboard_log import TensorBoardUnavailable, export_records
+
+    try:
+        folders = export_records(args.dir, args.out)
+    except TensorBoardUnavailable as err:
+        print(f"flwr-byz: error: {err}", file=sys.stderr)
+        return 2
+    if not folders:
+        raise ValueError(f"no run record under {args.dir}")
+    for folder in folders:
+        print(folder)
+    print(f"tensorboard --logdir {args.out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from simulations.report import write_report
 
@@ -175,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--keep-going", action="store_true", help="go on after a failing run")
     run.add_argument("--verbose", action="store_true", help="Flower's INFO logs")
+    run.add_argument(
+        "--tensorboard",
+        metavar="LOGDIR",
+        default=None,
+        help="also log the round metrics to TensorBoard, one run per folder LOGDIR/<run name>"
+        " (needs the tensorboard extra)",
+    )
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="print the runs of an experiment without running them")
@@ -198,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dir")
     plot.add_argument("--out", default=None)
     plot.set_defaults(func=cmd_plot)
+
+    board = sub.add_parser(
+        "tensorboard", help="write the run records under a directory as TensorBoard runs"
+    )
+    board.add_argument("dir", help="a results directory (any level: all records below it)")
+    board.add_argument("--out", required=True, help="the TensorBoard log directory")
+    board.set_defaults(func=cmd_tensorboard)
 
     report = sub.add_parser(
         "report", help="mean +- std over seeds per case, and plots with a band over seeds"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulations.plots import round_value
 from simulations.results import RunRecord, load_records
 
 SEED_SUFFIX = re.compile(r"_seed=\d+$")
@@ -57,7 +58,7 @@ def series(record: RunRecord, key: str) -> tuple[list[int], list[float]]:
     """(rounds, values) of ``key`` over the training rounds (the initial model excluded)."""
     xs, ys = [], []
     for row in record.rounds:
-        rnd, value = int(row.get("round", 0)), _number(row.get(key))
+        rnd, value = int(row.get("round", 0)), _number(round_value(row, key))
         if rnd >= 1 and value is not None:
             xs.append(rnd)
             ys.append(value)
@@ -97,6 +98,11 @@ class Case:
         fault = str(cfg.get("channel-fault", "none"))
         attack = str(cfg.get("attack", "none"))
         return f"channel fault {fault}" if fault != "none" else f"attack {attack}"
+
+    @property
+    def pre(self) -> str:
+        """The pre-aggregation chain ("" for none)."""
+        return str(self.config.get("pre") or "")
 
     @property
     def label(self) -> str:
@@ -191,8 +197,22 @@ def _band(case: Case, key: str) -> tuple[list[int], list[float], list[float], li
 
 
 def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Path]:
-    """One accuracy and one variance-norm-ratio figure per group (n, f, attack)."""
-    from simulations.plots import _pyplot
+    """One accuracy and one variance-norm-ratio figure per group (n, f, attack).
+
+    The title states n, f, the attack, the rules and any pre-aggregation of the cases drawn
+    (:func:`simulations.plots.facts`); coinciding curves are told apart as in
+    :func:`simulations.plots.line_styles`; the variance-norm-ratio figure carries its definition
+    and the Krum / Median thresholds of the group's (n, f).
+    """
+    from simulations.plots import (
+        VN_YLABEL,
+        _pyplot,
+        common_n_f,
+        draw_vn_thresholds,
+        facts,
+        line_styles,
+        vn_caption,
+    )
 
     plt = _pyplot()
     if plt is None:
@@ -205,16 +225,21 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
             groups.setdefault(case.group, []).append(case)
     for members in groups.values():  # the attack-free runs as the reference in every figure
         members.extend(b for b in baselines if b not in members)
-    styles = ["-", "--", "-.", ":"]
+    referenced = len(baselines) < len(all_cases)
     for index, (group, members) in enumerate(groups.items()):
         slug = re.sub(r"[^A-Za-z0-9]+", "_", group).strip("_")
+        main = [case for case in members if not (referenced and case in baselines)]
+        described = facts(case.config for case in main)
+        if referenced and len(main) < len(members):
+            described += " (+ attack-free reference)"
+        n_f = common_n_f(case.config for case in main)
         for key, ylabel, log in (
             ("test-accuracy", "test accuracy", False),
-            ("variance-norm-ratio", "variance-norm ratio (honest std / honest mean norm)", True),
+            ("variance-norm-ratio", "variance-norm ratio", True),
         ):
-            fig, ax = plt.subplots(figsize=(7.5, 4.5))
-            drawn = False
-            for position, case in enumerate(members):
+            curves: list[tuple[str, list[int], list[float]]] = []
+            bands: list[tuple[list[float], list[float], int]] = []
+            for case in members:
                 xs, mean, low, high = _band(case, key)
                 if log:
                     keep = [i for i, v in enumerate(mean) if v > 0]
@@ -222,26 +247,37 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
                     low, high = [low[i] for i in keep], [high[i] for i in keep]
                 if not xs:
                     continue
-                drawn = True
-                style = styles[position % len(styles)]
                 seeds = len(case.records)
-                label = f"{case.label} ({seeds})"
-                if case in baselines and len(baselines) < len(all_cases):
-                    label = f"{case.label}, no attack, f=0 ({seeds})"
-                (line,) = ax.plot(xs, mean, style, linewidth=1.3, label=label)
-                if seeds > 1:
-                    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
-            if not drawn:
-                plt.close(fig)
+                label = case.label + (f", pre {case.pre}" if case.pre else "")
+                if referenced and case in baselines:
+                    label += ", no attack"
+                curves.append((f"{label} ({seeds})", xs, mean))
+                bands.append((low, high, seeds))
+            if not curves:
                 continue
+            vn = key == "variance-norm-ratio"
+            fig, ax = plt.subplots(figsize=(7.5, 5.4 if vn else 4.5))
+            styles = line_styles(curves)
+            for (_, xs, mean), (kwargs, text), (low, high, seeds) in zip(
+                curves, styles, bands, strict=True
+            ):
+                ax.plot(xs, mean, label=text, **kwargs)
+                if seeds > 1:
+                    ax.fill_between(xs, low, high, color=kwargs["color"], alpha=0.15)
+            if vn:
+                draw_vn_thresholds(ax, n_f)
             if log:
                 ax.set_yscale("log")
             ax.set_xlabel("round (step)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{title}: {group}", fontsize="medium")
+            ax.set_ylabel(VN_YLABEL if vn else ylabel, fontsize="small" if vn else "medium")
+            ax.set_title(f"{title}: {ylabel}\n{described}", fontsize="medium")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="x-small", loc="best", title="rule (seeds)")
-            fig.tight_layout()
+            if vn:
+                fig.text(0.01, 0.01, vn_caption(n_f), fontsize="x-small", va="bottom")
+                fig.tight_layout(rect=(0, 0.12, 1, 1))
+            else:
+                fig.tight_layout()
             name = "accuracy" if key == "test-accuracy" else "variance_norm_ratio"
             path = out_dir / f"{name}_{index}_{slug}.png"
             fig.savefig(path, dpi=100)
@@ -266,6 +302,7 @@ _NOT_SETTING = (
 )
 WORST_FIELDS = (
     "setting",
+    "defence",
     "rule",
     "f",
     "heterogeneity",
@@ -276,9 +313,31 @@ WORST_FIELDS = (
 )
 
 
+# The fields that say how heterogeneous the honest data are (a heatmap's rows), and f (its columns):
+# what stays of a setting without them is the defence a heatmap panel shows.
+_HETEROGENEITY_FIELDS = ("partitioning", "dirichlet-alpha", "similarity-gamma")
+
+
 def _heterogeneity(cfg: dict[str, Any]) -> str:
     part = str(cfg.get("partitioning", "shared"))
-    return f"dirichlet {cfg.get('dirichlet-alpha')}" if part == "dirichlet" else part
+    if part == "dirichlet":
+        return f"dirichlet {cfg.get('dirichlet-alpha')}"
+    if part == "gamma_similarity":
+        return f"gamma_similarity {cfg.get('similarity-gamma')}"
+    return part
+
+
+def _shown(value: Any) -> str:
+    return "none" if value in ("", None) else str(value)
+
+
+def _heterogeneity_rank(label: str) -> tuple[int, float]:
+    """Sort key, from the most homogeneous: i.i.d. / shared, gamma-similarity (gamma 1 = i.i.d.,
+    falling), Dirichlet (alpha falling), label-sorted."""
+    kind, _, value = label.partition(" ")
+    number = float(value) if value else 0.0
+    order = {"shared": 0, "iid": 0, "gamma_similarity": 1, "dirichlet": 2, "label_sorted": 3}
+    return order.get(kind, 4), -number
 
 
 def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
@@ -293,6 +352,7 @@ def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
     ignored = {*_NOT_SETTING, "channel-fault"}
     fields = sorted({k for case in attacked for k in case.config} - ignored)
     varying = [k for k in fields if len({str(c.config.get(k)) for c in attacked}) > 1]
+    panel_fields = [k for k in varying if k not in (*_HETEROGENEITY_FIELDS, "num-byzantine")]
     settings: dict[str, list[tuple[Case, dict[str, Any]]]] = {}
     for case in attacked:
         key = ", ".join(f"{k}={case.config.get(k)}" for k in varying) or "all runs"
@@ -309,6 +369,8 @@ def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
         out.append(
             {
                 "setting": key,
+                "defence": ", ".join(f"{k}={_shown(cfg.get(k))}" for k in panel_fields)
+                or str(cfg.get("rule")),
                 "rule": cfg.get("rule"),
                 "f": cfg.get("num-byzantine"),
                 "heterogeneity": _heterogeneity(cfg),
@@ -322,42 +384,62 @@ def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
 
 
 def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
-    """Per rule, a heatmap of the worst final accuracy over the attacks: rows heterogeneity,
-    columns f (drawn for sweeps over more than one heterogeneity)."""
+    """Per rule, one figure of heatmaps of the worst final accuracy over the attacks: rows
+    heterogeneity (most homogeneous first), columns f, one panel per defence setting of that
+    rule (e.g. with and without pre-aggregation or momentum); drawn for sweeps over more than
+    one heterogeneity."""
     from simulations.plots import _pyplot
 
-    by_rule: dict[str, list[dict[str, Any]]] = {}
+    by_rule: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
-        by_rule.setdefault(str(row["rule"]), []).append(row)
+        panels = by_rule.setdefault(str(row["rule"]), {})
+        panels.setdefault(str(row.get("defence") or row["rule"]), []).append(row)
     written: list[Path] = []
     plt = None
-    for rule, members in by_rule.items():
-        hets = sorted({str(r["heterogeneity"]) for r in members})
-        fs = sorted({int(r["f"]) for r in members})
+    for rule, panels in by_rule.items():
+        hets = sorted(
+            {str(r["heterogeneity"]) for m in panels.values() for r in m}, key=_heterogeneity_rank
+        )
+        fs = sorted({int(r["f"]) for m in panels.values() for r in m})
         if len(hets) < 2:  # a heatmap needs more than one heterogeneity
             continue
         plt = plt or _pyplot()
         if plt is None:
             return written
-        grid = [[math.nan] * len(fs) for _ in hets]
-        for r in members:  # several settings per cell (e.g. with/without momentum): the worst
-            i, j = hets.index(str(r["heterogeneity"])), fs.index(int(r["f"]))
-            value = float(r["worst-final-acc"])
-            grid[i][j] = value if math.isnan(grid[i][j]) else min(grid[i][j], value)
-        fig, ax = plt.subplots(figsize=(1.2 * len(fs) + 3, 0.6 * len(hets) + 2))
-        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(fs)), [str(f) for f in fs])
-        ax.set_yticks(range(len(hets)), hets)
-        ax.set_xlabel("f (Byzantine workers)")
-        ax.set_ylabel("data heterogeneity")
-        for i, line in enumerate(grid):
-            for j, value in enumerate(line):
-                if not math.isnan(value):
-                    colour = "white" if value < 0.5 else "black"
-                    ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", color=colour)
-        fig.colorbar(image, ax=ax, label="worst final accuracy over the attacks")
-        ax.set_title(f"{title}: {rule}", fontsize="medium")
-        fig.tight_layout()
+        columns = min(2, len(panels))
+        lines = math.ceil(len(panels) / columns)
+        fig, axes = plt.subplots(
+            lines,
+            columns,
+            figsize=(columns * (1.2 * len(fs) + 2.6) + 1.2, lines * (0.6 * len(hets) + 1.6)),
+            squeeze=False,
+            layout="constrained",
+        )
+        image = None
+        for ax, (defence, members) in zip(axes.flat, sorted(panels.items()), strict=False):
+            grid = [[math.nan] * len(fs) for _ in hets]
+            for r in members:
+                i, j = hets.index(str(r["heterogeneity"])), fs.index(int(r["f"]))
+                grid[i][j] = float(r["worst-final-acc"])
+            image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(fs)), [str(f) for f in fs])
+            ax.set_yticks(range(len(hets)), hets)
+            ax.set_xlabel("f (Byzantine workers)")
+            ax.set_title(defence, fontsize="small")
+            for i, line in enumerate(grid):
+                for j, value in enumerate(line):
+                    if not math.isnan(value):
+                        colour = "white" if value < 0.5 else "black"
+                        ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", color=colour)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("data heterogeneity")
+        if image is not None:
+            fig.colorbar(image, ax=axes, label="worst final accuracy over the attacks")
+        fig.suptitle(
+            f"{title}: {rule}, worst final accuracy (%) over the attacks", fontsize="medium"
+        )
         path = out_dir / f"heatmap_{re.sub(r'[^A-Za-z0-9]+', '_', rule)}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)

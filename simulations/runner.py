@@ -3,11 +3,13 @@
 Finished runs are skipped (their record is read back); interrupted ones continue from their
 checkpoint; new ones start. A progress bar counts runs, another the rounds of the current run.
 At the end a summary table (final and best test accuracy per run) is printed and written as
-``summary.json`` and ``summary.csv`` next to the runs, and the plots are drawn.
+``summary.json`` and ``summary.csv`` next to the runs, and the plots are drawn. Optionally the
+round metrics also go to TensorBoard (``tensorboard=DIR``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +23,7 @@ from typing import Any
 
 from simulations import engines
 from simulations.experiment import Experiment, RunConfig
+from simulations.plots import round_value
 from simulations.results import RunBusyError, RunRecord, RunStore, _atomic_write_bytes, run_status
 from simulations.server_app import quiet_flower, round_listener
 
@@ -73,8 +76,8 @@ def summary_row(cfg: RunConfig, record: RunRecord | None, status: str) -> dict[s
         "final-accuracy": record.final_accuracy if record else None,
         "best-accuracy": record.best_accuracy if record else None,
         "last10-accuracy": _mean(record.accuracies[-10:]) if record else None,
-        "mean-variance-norm-ratio": _mean([r.get("variance-norm-ratio") for r in rounds]),
-        "mean-byzantine-influence": _mean([r.get("byzantine-influence") for r in rounds]),
+        "mean-variance-norm-ratio": _mean([round_value(r, "variance-norm-ratio") for r in rounds]),
+        "mean-byzantine-influence": _mean([round_value(r, "byzantine-influence") for r in rounds]),
         "wall-seconds": record.wall_seconds if record else None,
         "status": status,
     }
@@ -171,18 +174,38 @@ def run_experiment(
     plots: bool = True,
     verbose: bool = False,
     keep_going: bool = False,
+    tensorboard: str | Path | None = None,
 ) -> list[RunOutcome]:
     """Run all runs of ``experiment`` (skip finished, resume partial); summary and plots.
 
     With ``keep_going`` a failing run is reported and the sweep goes on; otherwise it raises.
+    With ``tensorboard`` (a folder) the round metrics are also logged there, one TensorBoard run
+    per run (:mod:`simulations.tensorboard_log`; needs the ``tensorboard`` extra).
     """
     if engine not in engines.ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(engines.ENGINES)}")
+    board = None
+    if tensorboard is not None:  # before any run: a missing package fails the sweep at once
+        from simulations.tensorboard_log import TensorBoardLogger
+
+        board = TensorBoardLogger(tensorboard)
     if not verbose:
         quiet_flower()
     outcomes: list[RunOutcome] = []
     bar = _Progress(enabled=progress, total_runs=len(experiment.runs))
-    with bar:
+
+    def on_round(cfg: RunConfig, round_number: int, metrics: dict[str, Any]) -> None:
+        bar.on_round(cfg, round_number, metrics)
+        if board is not None:
+            board.on_round(cfg, round_number, metrics)
+
+    def finished(cfg: RunConfig, record: RunRecord | None) -> None:
+        if board is not None:
+            board.run_finished(cfg, record)
+
+    with bar, contextlib.ExitStack() as stack:
+        if board is not None:
+            stack.enter_context(board)
         for cfg in experiment.runs:
             try:
                 status, done = run_status(cfg)
@@ -196,12 +219,13 @@ def run_experiment(
             if status == "finished":
                 record = RunStore(cfg.run_dir).load_record()
                 outcomes.append(RunOutcome(cfg, record, "skipped"))
+                finished(cfg, record)
                 bar.run_done(cfg, skipped=True)
                 continue
             bar.start_run(cfg, done)
             action = "resumed" if status == "partial" else "ran"
             try:
-                with round_listener(bar.on_round):
+                with round_listener(on_round):
                     record = engines.run(cfg, engine=engine, threads=threads, verbose=verbose)
             except RunBusyError as err:  # another runner has it: not a failure of this run
                 outcomes.append(RunOutcome(cfg, None, "busy", None))
@@ -209,6 +233,8 @@ def run_experiment(
                 print(f"{cfg.run_name}: {err}")
                 continue
             except Exception as err:
+                if board is not None:
+                    board.run_failed(cfg)
                 if not keep_going:
                     raise
                 error = f"{type(err).__name__}: {err}"
@@ -216,6 +242,7 @@ def run_experiment(
                 bar.run_done(cfg, failed=True, error=error)
                 continue
             outcomes.append(RunOutcome(cfg, record, action))
+            finished(cfg, record)
             bar.run_done(cfg)
     rows = [outcome_row(o) for o in outcomes]
     if experiment.runs:

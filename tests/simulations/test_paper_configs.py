@@ -20,6 +20,7 @@ EXPECTED = {
     "paper_alie_table1": (36, (1, 2, 3), 300),
     "paper_alie_table2": (21, (1, 2, 3), 300),
     "paper_momentum_mnist": (240, (1, 2, 3, 4, 5), 300),
+    "paper_momentum_bulyan_code": (40, (1, 2, 3, 4, 5), 300),
     "paper_phocas": (250, tuple(range(1, 11)), 500),
     "paper_bulyan_lp": (42, (1, 2, 3), 500),
 }

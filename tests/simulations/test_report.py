@@ -115,3 +115,36 @@ def test_worst_case_over_attacks_and_heatmap(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     paths = plot_heatmaps(rows, tmp_path, "exp")
     assert [p.name for p in paths] == ["heatmap_median.png"]
+
+
+def test_heatmap_rows_go_from_homogeneous_to_label_sorted() -> None:
+    from simulations.report import _heterogeneity_rank
+
+    labels = ["label_sorted", "dirichlet 0.1", "iid", "dirichlet 1.0", "gamma_similarity 0.5"]
+    ordered = sorted(labels, key=_heterogeneity_rank)
+    assert ordered == [
+        "iid",
+        "gamma_similarity 0.5",
+        "dirichlet 1.0",
+        "dirichlet 0.1",
+        "label_sorted",
+    ]
+
+
+def test_worst_case_names_the_defence_without_heterogeneity_and_f(tmp_path: Path) -> None:
+    from simulations.report import cases, worst_case
+    from simulations.results import load_records
+
+    for part in ("iid", "label_sorted"):
+        for f in (1, 2):
+            for pre in ("", "nnm"):
+                record = _record("median", 1, [0.2, 0.5], None)
+                record.config.update(
+                    {"partitioning": part, "num-byzantine": f, "attack": "alie", "pre": pre}
+                )
+                store = RunStore(tmp_path / "exp" / f"p={part}_f={f}_pre={pre or 'x'}_seed=1")
+                store.run_dir.mkdir(parents=True)
+                store.write_record(record)
+    rows = worst_case(cases(load_records(tmp_path / "exp")))
+    assert len(rows) == 8
+    assert {r["defence"] for r in rows} == {"pre=none", "pre=nnm"}
