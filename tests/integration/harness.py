@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -199,8 +200,9 @@ class ProcessHarness:
     def start(
         self, name: str, argv: list[str], env: Mapping[str, str] | None = None
     ) -> ManagedProcess:
-        """Start `argv` in its own process group (session), logging to `<workdir>/<name>.log`."""
-        log_path = self.workdir / f"{name}.log"
+        """Start `argv` in its own process group (session), logging to `logs/<name>.log`."""
+        log_path = self.log_dir / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log_file:
             popen = subprocess.Popen(
                 argv,
@@ -215,6 +217,11 @@ class ProcessHarness:
         process = ManagedProcess(name, ident, log_path, popen)
         self.processes.append(process)
         return process
+
+    @property
+    def log_dir(self) -> Path:
+        """Where every process's log goes (one folder, inside the workdir)."""
+        return self.workdir / "logs"
 
     def adopt(self, name: str, ident: ProcessId, log_path: Path) -> ManagedProcess:
         """Take charge of a process started on our behalf (e.g. the SuperLink `flwr run` starts)."""
@@ -509,7 +516,9 @@ class Federation(FlwrCli):
 
     superlink_port: int = 0
     tls: TlsFiles | None = None
+    warm_clientapps: bool = True
     supernodes: list[ManagedProcess] = field(default_factory=list)
+    clientapps: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -551,29 +560,60 @@ class Federation(FlwrCli):
         """Start one `flower-supernode` with its partition in `--node-config`.
 
         `auth_private_key`: the node's OpenSSH EC private key, for SuperNode authentication.
+        With `warm_clientapps` (the default) the SuperNode runs with `--isolation process` and
+        one long-lived `python -m clients.warm_superexec` (in `clientapps`) runs its messages;
+        otherwise the SuperNode starts a fresh `flwr-clientapp` process per message.
         """
         if self.tls is None:
             trust = ["--insecure"]
         else:
             trust = ["--root-certificates", str(self.tls.ca_cert)]
         node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+        runtime_port = free_port()
         argv = ["flower-supernode", *trust, "--superlink", self.address]
-        argv += ["--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config]
+        argv += ["--host", "127.0.0.1", "--port", str(runtime_port), "--node-config", node_config]
         if auth_private_key is not None:
             argv += ["--auth-supernode-private-key", str(auth_private_key)]
+        if self.warm_clientapps:
+            argv += ["--isolation", "process"]
         argv += list(extra_args)
         # Each SuperNode has its own FLWR_HOME, as on separate machines (apps are installed there).
         home = self.harness.workdir / f"home-node-{partition_id}"
-        node = self.harness.start(
-            f"supernode-{partition_id}", argv, env=dict(self.harness.env, FLWR_HOME=str(home))
-        )
+        env = dict(self.harness.env, FLWR_HOME=str(home))
+        node = self.harness.start(f"supernode-{partition_id}", argv, env=env)
         self.supernodes.append(node)
+        if self.warm_clientapps:
+            self.clientapps.append(
+                self.harness.start(
+                    f"clientapp-{partition_id}",
+                    warm_superexec_argv(f"127.0.0.1:{runtime_port}", node.pid),
+                    env=env,
+                )
+            )
         return node
 
     def wait_for_supernodes(self, timeout: float = 90) -> None:
         """Block until every SuperNode has registered with the SuperLink."""
         for node in self.supernodes:
             node.wait_for_log(r"SuperNode ID: \d+", timeout=timeout)
+        for clientapp in self.clientapps:
+            clientapp.wait_for_log(r"warm SuperExec polling", timeout=timeout)
+
+
+def warm_superexec_argv(runtime_api_address: str, supernode_pid: int) -> list[str]:
+    """The long-lived ClientApp executor of one SuperNode (`--isolation process`); it exits
+    when the SuperNode's PID is gone. The SuperNode's Runtime API is plain HTTP on loopback
+    (no `--ssl-certfile`), also when the SuperLink connection uses TLS."""
+    return [
+        sys.executable,
+        "-m",
+        "clients.warm_superexec",
+        "--runtime-api-address",
+        runtime_api_address,
+        "--insecure",
+        "--parent-pid",
+        str(supernode_pid),
+    ]
 
 
 @dataclass

@@ -84,6 +84,17 @@ def byzantine_run_config(
     return config
 
 
+#: No attacker: the median over honest nodes (node-loss test, SuperNode benchmark).
+NO_ATTACK: dict[str, Any] = {
+    "rule": "median",
+    "num-byzantine": 1,
+    "num-attackers": 0,
+    "attack": "none",
+    "byzantine-partitions": "",
+    "local-epochs": 1,
+}
+
+
 def run_byzantine_federation(
     federation: Federation, tmp_path: Path, num_nodes: int, run_config: dict[str, Any]
 ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .harness import (
     make_tls_files,
     process_id,
     toml_value,
+    warm_superexec_argv,
 )
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="the harness reads /proc")
@@ -128,3 +129,69 @@ def test_free_port_can_be_bound() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
         assert sock.getsockname()[1] == port
+
+
+def test_warm_superexec_drops_the_previous_fabs_modules(tmp_path: Path, monkeypatch) -> None:
+    """A task of another FAB re-imports the app: the old FAB's modules and path entry go."""
+    import types
+
+    from clients.warm_superexec import LoadedApps
+
+    old_dir, new_dir = tmp_path / "fab-old", tmp_path / "fab-new"
+    old_module = types.ModuleType("fab_app_under_test")
+    old_module.__file__ = str(old_dir / "fab_app_under_test" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "fab_app_under_test", old_module)
+    monkeypatch.setattr(sys, "path", [str(old_dir), *sys.path])
+    loaded = LoadedApps()
+    loaded.switch_to("hash-old", old_dir)
+    loaded.switch_to("hash-old", old_dir)  # the same FAB: nothing dropped
+    assert sys.modules["fab_app_under_test"] is old_module
+    loaded.switch_to("hash-new", new_dir)
+    assert "fab_app_under_test" not in sys.modules
+    assert str(old_dir) not in sys.path
+    assert (loaded.fab_hash, loaded.app_dir) == ("hash-new", new_dir)
+    assert "pytest" in sys.modules  # modules from elsewhere stay
+
+
+def test_warm_superexec_argv_names_the_supernode() -> None:
+    argv = warm_superexec_argv("127.0.0.1:9100", 1234)
+    assert argv[:3] == [sys.executable, "-m", "clients.warm_superexec"]
+    assert argv[argv.index("--runtime-api-address") + 1] == "127.0.0.1:9100"
+    assert argv[argv.index("--parent-pid") + 1] == "1234"
+    assert "--insecure" in argv
+
+
+def test_warm_superexec_exits_when_its_supernode_is_gone(tmp_path: Path) -> None:
+    """`--parent-pid`: the executor stops (exit 0) once that PID is gone, even while it retries
+    a Runtime API that does not answer."""
+    harness = ProcessHarness(workdir=tmp_path, env=flower_env(tmp_path / "home"))
+    try:
+        stand_in = harness.start("supernode", [sys.executable, "-c", "import time; time.sleep(60)"])
+        executor = harness.start(
+            "clientapp", warm_superexec_argv(f"127.0.0.1:{free_port()}", stand_in.pid)
+        )
+        executor.wait_for_log(r"warm SuperExec polling", timeout=60)
+        assert stand_in.popen is not None and executor.popen is not None
+        stand_in.popen.kill()
+        stand_in.popen.wait(timeout=10)
+        assert executor.popen.wait(timeout=30) == 0, executor.log()
+        assert "warm SuperExec stopped" in executor.log()
+    finally:
+        harness.stop_all(grace=1.0)
+    assert harness.leftovers() == []
+
+
+def test_warm_superexec_forgets_the_project_packages(monkeypatch) -> None:
+    """Before its first task the executor drops the project's modules it imported itself, so
+    that the FAB's copy of `clients` / `flwr_byz` / `simulations` is the one that runs."""
+    import types
+
+    from clients.warm_superexec import forget_project_modules
+
+    module = types.ModuleType("stand_in")
+    names = ["clients", "clients.app", "flwr_byz.gars", "simulations", "flwr", "clientsx"]
+    fake = dict.fromkeys([*names, "clients.warm_superexec"], module)
+    monkeypatch.setattr(sys, "modules", fake)
+    dropped = forget_project_modules()
+    assert sorted(dropped) == ["clients", "clients.app", "flwr_byz.gars", "simulations"]
+    assert sorted(fake) == ["clients.warm_superexec", "clientsx", "flwr"]

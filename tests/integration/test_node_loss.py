@@ -23,7 +23,7 @@ from simulations.experiment import RunConfig
 from simulations.server_app import NodeWaitGrid, TooFewNodesError, min_nodes, run_server
 
 from .harness import Federation, descendants
-from .test_deployment import project_app
+from .test_deployment import NO_ATTACK, byzantine_run_config, project_app
 
 
 class LosingGrid(InProcessGrid):
@@ -121,21 +121,9 @@ def test_killed_supernode_does_not_hang_the_deployment(federation_factory, tmp_p
     federation: Federation = federation_factory()
     num_nodes, rounds = 4, 3
     results = tmp_path / "results"
-    run_config: dict[str, Any] = {
-        "experiment": "",
-        "partitioning": "iid",
-        "seed": 1,
-        "num-clients": num_nodes,
-        "update-mode": "weights",
-        "local-lr": 0.1,
-        "rule": "median",
-        "num-byzantine": 1,
-        "num-attackers": 0,
-        "attack": "none",
-        "num-rounds": rounds,
-        "results-dir": str(results),
-        "run-name": "node-loss",
-    }
+    run_config = byzantine_run_config(
+        num_nodes, rounds, results, **NO_ATTACK, **{"run-name": "node-loss"}
+    )
     federation.start_superlink()
     for partition_id in range(num_nodes):
         federation.start_supernode(partition_id, num_nodes)
