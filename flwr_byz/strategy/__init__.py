@@ -4,6 +4,7 @@ Each class runs one rule of :mod:`flwr_byz.gars` on the replies of a round, on o
 tensor, after excluding (and reporting) unusable replies. See docs/strategies.md.
 """
 
+from flwr_byz import gars
 from flwr_byz.strategy.core import (
     RobustAggregator,
     RoundReport,
@@ -15,6 +16,7 @@ from flwr_byz.strategy.core import (
 )
 from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.message_api import (
+    RULE_STRATEGIES,
     Average,
     Brute,
     Bulyan,
@@ -35,26 +37,13 @@ from flwr_byz.strategy.server_update import UPDATE_MODES, ServerOptimizer, Serve
 
 #: Strategy class of each rule name of ``flwr_byz.gars.NAMES``.
 STRATEGIES: dict[str, type[RobustStrategy]] = {
-    cls.rule_name: cls
-    for cls in (
-        Average,
-        Median,
-        TrimmedMean,
-        Phocas,
-        MeaMed,
-        Krum,
-        MultiKrum,
-        Medoid,
-        GeometricMedian,
-        Brute,
-        Bulyan,
-    )
+    name: cls for name, cls in RULE_STRATEGIES.items() if name in gars.NAMES
 }
 
 #: Strategy classes of the rules beyond the seeds (``flwr_byz.gars.BEYOND_NAMES``), kept out of
 #: ``STRATEGIES`` (its size and content are relied on): FLTrust needs ``server_update_fn``.
 BEYOND_STRATEGIES: dict[str, type[RobustStrategy]] = {
-    cls.rule_name: cls for cls in (CenteredClipping, FLTrust, DnC)
+    name: cls for name, cls in RULE_STRATEGIES.items() if name in gars.BEYOND_NAMES
 }
 
 __all__ = [

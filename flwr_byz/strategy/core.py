@@ -13,20 +13,35 @@ section 4 and ALGORITHMS.md ("Momentum and metrics"): the engine's diagnostics c
 ``byz.`` (:data:`flwr_byz.metrics.PREFIX`), the clients' own metrics keep their names and are
 their unweighted per-key median. The replies a round leaves out are logged in one line, grouped
 by reason (:func:`group_by_reason`).
+
+:meth:`RobustAggregator.aggregate` is a short driver over five stages, each a small function with
+a frozen result, testable alone: :func:`screen` -> :class:`Screened` (accepted submissions and
+their host rows, exclusions with reasons, proven-faulty ids, ``f'``), :func:`stack` ->
+:class:`Stacked` (the ``(n, d)`` rows and the flat global model on the device), :func:`apply_rule`
+-> :class:`RuleResult` (the aggregation or why none, its time), :func:`apply_step` ->
+:class:`Stepped` (the next flat model or why none; the momentum buffer restored on refusal), and
+the report stage ``RobustAggregator._report`` (the kept-model policy, the next arrays, the
+:class:`RoundReport`, its metrics and log line). The input is scanned for finiteness once per
+round, in :func:`screen`, fused into the copy into the host rows (:meth:`ModelLayout.stack`);
+later checks are on ``(d,)`` vectors (the aggregate, the new model).
+
+Logging uses the standard :mod:`logging` module, no Flower import: the logger ``"flwr.byz"``
+(:data:`_LOG`) is a child of Flower's ``"flwr"`` logger, so its records propagate to Flower's
+console handler (and whatever handlers a user or a test adds to ``"flwr"``), and follow the
+``"flwr"`` logger's level; without Flower they reach the root logger like any other.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.common.logger import log
 
 from flwr_byz import gars
 from flwr_byz import metrics as round_metrics
@@ -36,6 +51,14 @@ from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
 
 __all__ = [
     "ON_TOO_FEW",
+    "RuleResult",
+    "Screened",
+    "Stacked",
+    "Stepped",
+    "apply_rule",
+    "apply_step",
+    "screen",
+    "stack",
     "group_by_reason",
     "RobustAggregator",
     "RoundReport",
@@ -53,6 +76,9 @@ ServerUpdateFn = Callable[[dict[str, np.ndarray], int], Mapping[str, Any]]
 _STATEFUL_RULES = ("centered_clipping", "fltrust", "dnc")
 
 ON_TOO_FEW = ("keep", "raise")
+
+#: the engine's logger: a child of Flower's ``flwr`` logger (see the module docstring)
+_LOG = logging.getLogger("flwr.byz")
 
 
 def group_by_reason(entries: Sequence[tuple[int, str]]) -> str:
@@ -246,6 +272,196 @@ class RoundReport:
         if self.reason_kept is not None:
             out["kept-reason"] = self.reason_kept
         return out
+
+
+# ------------------------------------------------------------------ the round's stages
+# screen -> stack -> rule -> step -> report: each a small function with a typed result, called in
+# order by ``RobustAggregator.aggregate`` (the report stage is ``RobustAggregator._report``).
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The screening of one round's submissions.
+
+    ``accepted``: the usable submissions, in submission order; ``rows``: their values as a host
+    ``(len(accepted), d)`` tensor (gradients, or deltas ``reply - global``), row ``i`` from
+    ``accepted[i]``. ``excluded``: ``(node id, reason)`` of the missing nodes first, then of the
+    refused submissions in submission order (structure before values). ``faulty``: the node ids
+    whose *content* broke the protocol (they lower ``f``). ``declared_f``: the declared ``f``;
+    ``asked``: the nodes asked this round (submissions + missing).
+    """
+
+    accepted: tuple[Submission, ...]
+    rows: torch.Tensor
+    excluded: tuple[tuple[int, str], ...]
+    faulty: tuple[int, ...]
+    declared_f: int
+    asked: int
+
+    @property
+    def node_ids(self) -> list[int]:
+        """The accepted node ids, in submission (row) order."""
+        return [sub.node_id for sub in self.accepted]
+
+    @property
+    def num_byzantine(self) -> int:
+        """The effective ``f' = max(0, f - k)``, ``k`` the proven-faulty submissions."""
+        return max(0, self.declared_f - len(self.faulty))
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """The rule's input: ``vectors`` ``(n, d)`` on the device (row ``i`` = ``node_ids[i]``, in
+    submission order) and ``theta``, the flat global model on the device."""
+
+    vectors: torch.Tensor
+    theta: torch.Tensor
+    node_ids: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        """The number of rows."""
+        return len(self.node_ids)
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """The chain and the rule: the ``aggregation`` (None: too few rows, the rule refused, or a
+    non-finite aggregate; ``reason`` then says which), its wall time in ``seconds`` (0 when not
+    run)."""
+
+    aggregation: gars.Aggregation | None
+    reason: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """The server step: ``new_theta`` (None when there was no aggregate, or the step gave
+    non-finite values; ``reason`` then says why) and the ``aggregation`` it applied."""
+
+    new_theta: torch.Tensor | None
+    aggregation: gars.Aggregation | None
+    reason: str | None
+
+
+def screen(
+    layout: ModelLayout,
+    submissions: Sequence[Submission],
+    missing_node_ids: Collection[int] = (),
+    declared_f: int = 0,
+    *,
+    minus: np.ndarray | None = None,
+    buffer: np.ndarray | None = None,
+    what: str = "update",
+) -> Screened:
+    """Check the submissions: reasons given by the API layer, structure (keys, shapes, dtypes,
+    :meth:`ModelLayout.check`), then values. The structurally sound ones are copied into the host
+    rows (``buffer``, see :meth:`ModelLayout.stack`; ``minus`` subtracted while copying) and
+    checked for finiteness in that same pass, block by block while in cache: the round's one
+    finiteness scan of the input. A non-finite row is excluded (``"non-finite {what}: k of d
+    coordinates"``, counted on that row only). Every refused submission is faulty except an
+    error reply (``crashed``); a missing node is excluded, never faulty."""
+    excluded: list[tuple[int, str]] = [
+        (node, "no reply (dropped out or timed out)") for node in missing_node_ids
+    ]
+    faulty: list[int] = []
+    candidates: list[Submission] = []
+    for sub in submissions:
+        problem = sub.problem
+        if problem is None and sub.arrays is None:
+            problem = "no arrays in reply"
+        if problem is None:
+            problem = layout.check(sub.arrays)  # type: ignore[arg-type]
+        if problem is None:
+            candidates.append(sub)
+        else:
+            excluded.append((sub.node_id, problem))
+            if not sub.crashed:  # the content itself breaks the protocol
+                faulty.append(sub.node_id)
+    finite = np.ones(len(candidates), dtype=np.bool_)
+    rows = layout.stack(
+        [sub.arrays for sub in candidates],  # type: ignore[misc]
+        buffer=buffer,
+        minus=minus,
+        finite=finite,
+    )
+    if not bool(finite.all()):
+        host = rows.numpy()
+        for i in np.flatnonzero(~finite).tolist():
+            bad = int(np.count_nonzero(~np.isfinite(host[i])))
+            excluded.append(
+                (candidates[i].node_id, f"non-finite {what}: {bad} of {layout.dim} coordinates")
+            )
+            faulty.append(candidates[i].node_id)
+        candidates = [sub for sub, ok in zip(candidates, finite.tolist(), strict=True) if ok]
+        rows = rows[torch.from_numpy(finite)]
+    return Screened(
+        accepted=tuple(candidates),
+        rows=rows,
+        excluded=tuple(excluded),
+        faulty=tuple(faulty),
+        declared_f=declared_f,
+        asked=len(submissions) + len(missing_node_ids),
+    )
+
+
+def stack(screened: Screened, theta: torch.Tensor, device: torch.device) -> Stacked:
+    """The screened rows and the flat global model ``theta`` on ``device``: no check, no copy on
+    the CPU (the rows were screened, finiteness included)."""
+    rows = screened.rows
+    vectors = rows if rows.device == device else rows.to(device)
+    return Stacked(vectors=vectors, theta=theta.to(device), node_ids=tuple(screened.node_ids))
+
+
+def apply_rule(
+    run: Callable[[torch.Tensor, int], gars.Aggregation],
+    stacked: Stacked,
+    screened: Screened,
+    needed: int,
+    label: str,
+) -> RuleResult:
+    """``run(vectors, f')`` (the chain and the rule) when there are ``n >= needed`` rows (and at
+    least one), else the "too few" reason. A ``ValueError`` of the rule, or a non-finite aggregate
+    (a ``(d,)`` check), gives no aggregation and the reason."""
+    n, f = stacked.n, screened.num_byzantine
+    if n == 0 or n < needed:
+        too_few = (
+            f"{label} needs n >= {needed} usable replies for f={f}, got n={n} "
+            f"({len(screened.excluded)} excluded or missing of {screened.asked}; "
+            f"declared f={screened.declared_f}, {len(screened.faulty)} proven faulty)"
+        )
+        return RuleResult(None, too_few, 0.0)
+    aggregation: gars.Aggregation | None = None
+    reason: str | None = None
+    start = time.perf_counter()
+    try:
+        aggregation = run(stacked.vectors, f)
+        if aggregation.vector.device.type == "cuda":
+            torch.cuda.synchronize(aggregation.vector.device)
+    except ValueError as err:
+        reason = f"{label} refused the round: {err}"
+    seconds = time.perf_counter() - start
+    if aggregation is not None and not _all_finite(aggregation.vector):
+        return RuleResult(None, f"{label} returned a non-finite aggregate", seconds)
+    return RuleResult(aggregation, reason, seconds)
+
+
+def apply_step(
+    optimizer: ServerOptimizer, theta: torch.Tensor, ruled: RuleResult, server_round: int
+) -> Stepped:
+    """The server step from ``theta`` with the rule's aggregate. No aggregate: nothing done. A
+    non-finite new model (a ``(d,)`` check; e.g. overflow of a huge finite step) is refused and
+    the momentum buffer restored as it was before the step."""
+    aggregation = ruled.aggregation
+    if aggregation is None:
+        return Stepped(None, None, ruled.reason)
+    saved_buffer = optimizer.momentum_buffer
+    new_theta = optimizer.step(theta, aggregation.vector.to(theta.dtype), server_round)
+    if not _all_finite(new_theta):
+        optimizer.momentum_buffer = saved_buffer
+        return Stepped(None, None, "the server step overflowed to non-finite values")
+    return Stepped(new_theta, aggregation, None)
 
 
 class RobustAggregator:
@@ -551,126 +767,101 @@ class RobustAggregator:
         here (duplicates, replies to no message sent): reported, never aggregated.
         The arrays are the unchanged global model when too few replies are usable
         (``on_too_few="keep"``).
+
+        The stages, in order: :func:`screen`, :func:`stack`, :func:`apply_rule`,
+        :func:`apply_step`, :meth:`_report`.
         """
+        layout, global_arrays = self._require_global()
+        host_theta = self._flat_global(layout, global_arrays)
+        screened = self._screen(server_round, submissions, missing_node_ids, dropped, host_theta)
+        stacked = stack(screened, host_theta, self.device)
+        track = self.tracks_participation
+        ruled = apply_rule(
+            lambda vectors, f: self._run_rule(vectors, f, track, server_round),
+            stacked,
+            screened,
+            self._min_n(screened.num_byzantine),
+            self.label,
+        )
+        stepped = apply_step(self.optimizer, stacked.theta, ruled, server_round)
+        if stepped.aggregation is not None and self.rule.name == "centered_clipping":
+            self._center = stepped.aggregation.vector.detach().clone()
+        return self._report(
+            server_round, submissions, missing_node_ids, dropped, screened, stacked, ruled, stepped
+        )
+
+    def _require_global(self) -> tuple[ModelLayout, dict[str, np.ndarray]]:
+        """The remembered layout and global arrays (``set_global`` called), else RuntimeError."""
         if self._global is None or self._layout is None:
             raise RuntimeError(
                 "no global model remembered for this round: call set_global() (configure_train "
                 "does it) before aggregating"
             )
-        layout, global_arrays = self._layout, self._global
+        return self._layout, self._global
+
+    def _screen(
+        self,
+        server_round: int,
+        submissions: Sequence[Submission],
+        missing_node_ids: Collection[int],
+        dropped: Sequence[tuple[int, str]],
+        host_theta: torch.Tensor,
+    ) -> Screened:
+        """:func:`screen` with this aggregator's layout, buffer and update mode; logs the one
+        line of the replies left out (excluded and dropped)."""
+        layout, _ = self._require_global()
+        gradient = self.update.update_mode == "gradient"
+        # the candidates' count is not known before the structural checks: a buffer for all
+        screened = screen(
+            layout,
+            submissions,
+            missing_node_ids,
+            self.num_byzantine,
+            minus=None if gradient else host_theta.numpy(),
+            buffer=self._row_buffer(layout, len(submissions)),
+            what="gradient" if gradient else "update",
+        )
+        self._log_left_out(server_round, screened.excluded, dropped, screened.asked)
+        return screened
+
+    def _report(
+        self,
+        server_round: int,
+        submissions: Sequence[Submission],
+        missing_node_ids: Collection[int],
+        dropped: Sequence[tuple[int, str]],
+        screened: Screened,
+        stacked: Stacked,
+        ruled: RuleResult,
+        stepped: Stepped,
+    ) -> tuple[dict[str, np.ndarray], RoundReport]:
+        """The report stage: the kept-model policy (``on_too_few``: raise
+        :class:`TooFewRepliesError`, or log and keep the model), the next arrays, participation,
+        selection, the round's log line, partitions and metrics; remembers the report."""
+        layout, global_arrays = self._require_global()
+        accepted = list(stacked.node_ids)
         report = RoundReport(
             server_round=server_round,
             replies=len(submissions),
-            accepted_node_ids=[],
-            excluded=[],
-            num_byzantine=self.num_byzantine,
+            accepted_node_ids=accepted,
+            excluded=list(screened.excluded),
+            num_byzantine=screened.num_byzantine,
             dropouts=len(missing_node_ids),
+            faulty_node_ids=list(screened.faulty),
             dropped=list(dropped),
+            reason_kept=stepped.reason,
+            learning_rate=self.learning_rate_at(server_round),
         )
-        report.excluded.extend(
-            (node, "no reply (dropped out or timed out)") for node in missing_node_ids
-        )
-
-        # 1. structural checks
-        candidates: list[Submission] = []
-        for sub in submissions:
-            problem = sub.problem
-            if problem is None and sub.arrays is None:
-                problem = "no arrays in reply"
-            if problem is None:
-                problem = layout.check(sub.arrays)  # type: ignore[arg-type]
-            if problem is None:
-                candidates.append(sub)
-            else:
-                report.excluded.append((sub.node_id, problem))
-                if not sub.crashed:  # the content itself breaks the protocol
-                    report.faulty_node_ids.append(sub.node_id)
-
-        # 2. one tensor on the device; vectors = gradients, or deltas in weights mode: one pass
-        # over the replies subtracts the flat global model and checks finiteness while stacking
-        host_theta = self._flat_global(layout, global_arrays)
-        finite = np.ones(len(candidates), dtype=np.bool_)
-        vectors = layout.stack(
-            [sub.arrays for sub in candidates],  # type: ignore[misc]
-            device=self.device,
-            buffer=self._row_buffer(layout, len(candidates)),
-            minus=None if self.update.update_mode == "gradient" else host_theta.numpy(),
-            finite=finite,
-        )
-        theta = host_theta.to(self.device)
-        finite_cpu = torch.from_numpy(finite)
-        if not bool(finite_cpu.all()):
-            bad_counts = (~torch.isfinite(vectors)).sum(dim=1).cpu()
-            kept: list[Submission] = []
-            for i, sub in enumerate(candidates):
-                if bool(finite_cpu[i]):
-                    kept.append(sub)
-                else:
-                    what = "gradient" if self.update.update_mode == "gradient" else "update"
-                    report.excluded.append(
-                        (
-                            sub.node_id,
-                            f"non-finite {what}: {int(bad_counts[i])} of {layout.dim} coordinates",
-                        )
-                    )
-                    report.faulty_node_ids.append(sub.node_id)
-            candidates = kept
-            vectors = vectors[finite_cpu.to(vectors.device)]
-        self._log_left_out(report, len(submissions) + report.dropouts)
-
-        accepted = [sub.node_id for sub in candidates]
-        report.accepted_node_ids = accepted
-        n = len(accepted)
-        # only proven faults lower f: a missing node or an error reply may be an honest crash
-        f = max(0, self.num_byzantine - len(report.faulty_node_ids))
-        report.num_byzantine = f
-        report.learning_rate = self.learning_rate_at(server_round)
-
-        # 3. the rule
-        needed = self._min_n(f)
-        agg_seconds = 0.0
-        aggregation = None
-        track = self.tracks_participation
-        if n == 0 or n < needed:
-            report.reason_kept = (
-                f"{self.label} needs n >= {needed} usable replies for f={f}, got n={n} "
-                f"({len(report.excluded)} excluded or missing of "
-                f"{len(submissions) + report.dropouts}; declared f={self.num_byzantine}, "
-                f"{len(report.faulty_node_ids)} proven faulty)"
-            )
-        else:
-            start = time.perf_counter()
-            try:
-                aggregation = self._run_rule(vectors, f, track, server_round)
-                if aggregation.vector.device.type == "cuda":
-                    torch.cuda.synchronize(aggregation.vector.device)
-            except ValueError as err:
-                report.reason_kept = f"{self.label} refused the round: {err}"
-            agg_seconds = time.perf_counter() - start
-            if aggregation is not None and not _all_finite(aggregation.vector):
-                report.reason_kept = f"{self.label} returned a non-finite aggregate"
-                aggregation = None
-
-        new_theta = None
-        if aggregation is not None:
-            saved_buffer = self.optimizer.momentum_buffer
-            new_theta = self.optimizer.step(theta, aggregation.vector.to(theta.dtype), server_round)
-            if not _all_finite(new_theta):  # e.g. overflow of a huge finite step
-                self.optimizer.momentum_buffer = saved_buffer
-                report.reason_kept = "the server step overflowed to non-finite values"
-                aggregation, new_theta = None, None
-            elif self.rule.name == "centered_clipping":
-                self._center = aggregation.vector.detach().clone()
-
-        if aggregation is None or new_theta is None:
+        aggregation = stepped.aggregation
+        if stepped.new_theta is None or aggregation is None:
             report.kept_model = True
             if self.on_too_few == "raise":
                 raise TooFewRepliesError(f"round {server_round}: {report.reason_kept}")
-            log(WARNING, "round %d: model kept unchanged: %s", server_round, report.reason_kept)
+            _LOG.warning("round %d: model kept unchanged: %s", server_round, report.reason_kept)
             new_arrays = global_arrays
         else:
-            new_arrays = layout.unflatten(new_theta, global_arrays)
-            if track and aggregation.participation is not None:
+            new_arrays = layout.unflatten(stepped.new_theta, global_arrays)
+            if self.tracks_participation and aggregation.participation is not None:
                 participation = aggregation.participation.detach().to("cpu", torch.float64)
                 report.participation = {
                     node_id: float(share)
@@ -678,44 +869,44 @@ class RobustAggregator:
                 }
             if self.rule.selects and aggregation.selected is not None:
                 report.selected_node_ids = [accepted[int(i)] for i in aggregation.selected.tolist()]
-            log(
-                INFO,
+            _LOG.info(
                 "round %d: %s aggregated %d replies (f=%d, %d excluded) in %.4fs",
                 server_round,
                 self.label,
-                n,
-                f,
+                stacked.n,
+                screened.num_byzantine,
                 len(report.excluded),
-                agg_seconds,
+                ruled.seconds,
             )
-
         report.partition_of = self._round_partitions(
             submissions,
             [sub.node_id for sub in submissions] + [int(node) for node in missing_node_ids],
         )
         report.diagnostics, report.client_metrics = self._round_metrics(
-            report, candidates, vectors, aggregation, agg_seconds
+            report, screened.accepted, stacked.vectors, aggregation, ruled.seconds
         )
         report.metrics = self.record_metrics(report.diagnostics, report.client_metrics)
         self.last_round_report = report
         return new_arrays, report
 
     @staticmethod
-    def _log_left_out(report: RoundReport, asked: int) -> None:
+    def _log_left_out(
+        server_round: int,
+        excluded: Sequence[tuple[int, str]],
+        dropped: Sequence[tuple[int, str]],
+        asked: int,
+    ) -> None:
         """One warning line for the round's excluded and dropped replies, grouped by reason."""
         parts = []
-        if report.excluded:
+        if excluded:
             parts.append(
-                f"{len(report.excluded)} of {_plural(asked, 'node')} excluded: "
-                + group_by_reason(report.excluded)
+                f"{len(excluded)} of {_plural(asked, 'node')} excluded: "
+                + group_by_reason(excluded)
             )
-        if report.dropped:
-            parts.append(
-                f"{_plural(len(report.dropped), 'reply')} dropped: "
-                + group_by_reason(report.dropped)
-            )
+        if dropped:
+            parts.append(f"{_plural(len(dropped), 'reply')} dropped: " + group_by_reason(dropped))
         if parts:
-            log(WARNING, "round %d: %s", report.server_round, "; ".join(parts))
+            _LOG.warning("round %d: %s", server_round, "; ".join(parts))
 
     @staticmethod
     def record_metrics(

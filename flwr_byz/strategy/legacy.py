@@ -315,3 +315,8 @@ class FLTrust(rules.FLTrust, RobustFedAvg):
 
 class DnC(rules.DnC, RobustFedAvg):
     __doc__ = rules.DnC.__doc__
+
+
+#: this API's strategy class of each rule (the per-rule classes above), by rule name; their
+#: keyword-only signatures (rule options, num_byzantine, robust options, FedAvg's) are attached
+RULE_STRATEGIES: dict[str, type[RobustFedAvg]] = rules.rule_strategies(RobustFedAvg, FedAvg)

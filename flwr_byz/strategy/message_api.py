@@ -365,3 +365,8 @@ class FLTrust(rules.FLTrust, RobustStrategy):
 
 class DnC(rules.DnC, RobustStrategy):
     __doc__ = rules.DnC.__doc__
+
+
+#: this API's strategy class of each rule (the per-rule classes above), by rule name; their
+#: keyword-only signatures (rule options, num_byzantine, robust options, FedAvg's) are attached
+RULE_STRATEGIES: dict[str, type[RobustStrategy]] = rules.rule_strategies(RobustStrategy, FedAvg)

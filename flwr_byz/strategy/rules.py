@@ -6,16 +6,24 @@ so a rule's options and documentation are written once for both APIs. The rule m
 :class:`RobustBase` (which the API's strategy base also subclasses, so the MRO is unchanged:
 ``Krum -> rules.Krum -> RobustStrategy -> RobustBase -> FedAvg``) so that their
 ``super().__init__(num_byzantine=..., rule_options=...)`` is typed against its constructor.
+
+Each rule mixin's keyword-only ``__init__`` names the rule's own options (those of its kernel in
+:mod:`flwr_byz.gars`, each None for the kernel's default); :func:`attach_signature` gives every
+public class of both APIs the full keyword-only ``inspect.signature`` (the rule's options,
+``num_byzantine``, the robust options, FedAvg's), against which an unknown keyword is refused.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from flwr_byz import gars
 from flwr_byz.gars.preaggregation import Step
 from flwr_byz.metrics import PARTITION_ID_KEY, PREFIX
 from flwr_byz.strategy.core import RobustAggregator, RoundReport, ServerUpdateFn
@@ -36,6 +44,104 @@ def with_options(kwargs: dict[str, Any], **named: Any) -> dict[str, Any]:
             )
         options[key] = value
     return {**kwargs, "rule_options": options}
+
+
+#: kernel parameters the engine supplies every round (state, server update, generator): not options
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "centered_clipping": ("center",),
+    "fltrust": ("server_update",),
+    "dnc": ("generator",),
+}
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_EMPTY = inspect.Parameter.empty
+
+
+def rule_option_names(rule: str) -> tuple[str, ...]:
+    """The options a user can set for ``rule``, in its kernel's order: the keyword parameters of
+    ``gars.get(rule).fn(vectors, f, **options)`` after the first two (as
+    ``simulations.experiment.option_names`` reads them), less :data:`ENGINE_OPTIONS`."""
+    params = list(inspect.signature(gars.get(rule).fn).parameters.values())[2:]
+    skip = ENGINE_OPTIONS.get(rule, ())
+    return tuple(
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in skip
+    )
+
+
+def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    """``fn``'s named parameters without ``self`` (annotations evaluated where they can be)."""
+    try:
+        signature = inspect.signature(fn, eval_str=True)
+    except Exception:  # an annotation that does not evaluate here: keep its text
+        signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    if params and params[0].name == "self":
+        params = params[1:]
+    return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def strategy_signature(cls: type[RobustBase], fedavg: type) -> inspect.Signature:
+    """The signature of strategy class ``cls`` combining :class:`RobustBase` with ``fedavg``.
+
+    A per-rule class (one of :data:`RULE_CLASSES` in its bases): everything keyword-only, in this
+    order: the rule's own options (:func:`rule_option_names`), ``num_byzantine``, the rule class's
+    other keywords (Flower's aliases, FLTrust's ``server_update_fn``), the robust options of
+    :class:`RobustBase` (not ``rule``, which the class fixes, nor ``server_update_fn``, which is
+    FLTrust's), then ``fedavg.__init__``'s parameters. A generic class (``RobustStrategy``):
+    ``rule`` (positional or keyword), then the same robust and FedAvg keywords. Each name once.
+    """
+    mixins = [k for k in RULE_CLASSES.values() if k in cls.__mro__]
+    mixin = min(mixins, key=cls.__mro__.index) if mixins else None
+    params: dict[str, inspect.Parameter] = {}
+
+    def add(param: inspect.Parameter, kind: Any = _KEYWORD) -> None:
+        if param.name not in params:
+            params[param.name] = param.replace(kind=kind)
+
+    if mixin is None:
+        rule, *robust = _parameters(RobustBase.__init__)
+        rule = rule.replace(default=_EMPTY, annotation=str)  # the generic class needs one
+        add(rule, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    else:
+        own = {p.name: p for p in _parameters(vars(mixin)["__init__"])}
+        names = rule_option_names(mixin.rule_name)
+        missing = sorted(set(names) - set(own))
+        if missing:
+            raise TypeError(f"{mixin.__name__}.__init__ lacks the rule's options {missing}")
+        for name in (*names, "num_byzantine", *own):
+            add(own[name])
+        robust = [p for p in _parameters(RobustBase.__init__) if p.name != "server_update_fn"]
+        robust = [p for p in robust if p.name != "rule"]
+    for param in robust:
+        add(param)
+    for param in _parameters(fedavg):  # its __init__'s, without self
+        add(param)
+    return inspect.Signature(list(params.values()))
+
+
+def attach_signature(cls: type[RobustBase], fedavg: type) -> None:
+    """Give ``cls`` its computed :func:`strategy_signature` (``inspect.signature(cls)``,
+    ``help(cls)``, IDEs); an unknown keyword then fails naming it (:class:`RobustBase`)."""
+    cls._signature = strategy_signature(cls, fedavg)
+
+
+class _ClassSignature:
+    """``cls.__signature__`` of the strategy classes: the signature :func:`attach_signature` gave
+    ``cls`` or the nearest base it inherits its ``__init__`` from; None (the usual, computed from
+    ``__init__``) for a class that defines its own ``__init__`` after it (a user's subclass)."""
+
+    def __get__(self, instance: object, owner: type) -> inspect.Signature | None:
+        if instance is not None:
+            return None
+        for klass in owner.__mro__:
+            if "_signature" in vars(klass):
+                signature: inspect.Signature = vars(klass)["_signature"]
+                return signature
+            if "__init__" in vars(klass):
+                return None
+        return None
 
 
 def _class_hint(rule: str) -> str:
@@ -72,6 +178,8 @@ class RobustBase:
     """
 
     rule_name: str = ""
+    __signature__ = _ClassSignature()
+    _signature: inspect.Signature
 
     def __init__(
         self,
@@ -102,6 +210,16 @@ class RobustBase:
                     " name the same f: give one"
                 )
             num_byzantine = num_malicious_nodes
+        signature = type(self).__signature__
+        if signature is not None:  # a strategy class of ours: a clear error for a misspelling
+            for key in fedavg_kwargs:
+                if key not in signature.parameters:
+                    close = difflib.get_close_matches(key, list(signature.parameters), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise TypeError(
+                        f"{type(self).__name__}() got an unexpected keyword argument {key!r}"
+                        f"{hint} (inspect.signature({type(self).__name__}) lists them)"
+                    )
         super().__init__(**fedavg_kwargs)
         if self.rule_name and rule not in (None, self.rule_name):
             raise TypeError(
@@ -253,57 +371,91 @@ class RobustBase:
 
 
 class Average(RobustBase):
-    """Unweighted mean (not robust; the reference)."""
+    """Average: the unweighted mean (not robust; the reference). Requires n >= 1."""
 
     rule_name = "average"
 
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs))
+
 
 class Median(RobustBase):
-    """Coordinate-wise median (n >= 2f + 1)."""
+    """Median: the coordinate-wise median. Requires n >= 2f + 1."""
 
     rule_name = "median"
 
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs))
+
 
 class TrimmedMean(RobustBase):
-    """Coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7); ``b`` defaults to f."""
+    """TrimmedMean: the coordinate-wise trimmed mean Trmean_b (Phocas paper, Def. 7): per
+    coordinate, the mean after dropping the ``b`` largest and ``b`` smallest values. Requires
+    n >= 2b + 1 (``b`` defaults to f, so n >= 2f + 1)."""
 
     rule_name = "trimmed_mean"
 
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, b: int | None = None, num_byzantine: int = 0, **kwargs: Any) -> None:
         super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, b=b))
 
 
 class Phocas(RobustBase):
-    """Phocas_b (Phocas paper, Def. 8): mean of the n-b values nearest to Trmean_b."""
+    """Phocas: Phocas_b (Phocas paper, Def. 8), per coordinate the mean of the n - b values
+    nearest to Trmean_b. Requires n >= 2b + 1 (``b`` defaults to f, so n >= 2f + 1)."""
 
     rule_name = "phocas"
 
-    def __init__(self, *, num_byzantine: int = 0, b: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, b: int | None = None, num_byzantine: int = 0, **kwargs: Any) -> None:
         super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, b=b))
 
 
 class MeaMed(RobustBase):
-    """Mean around the median: per coordinate, the mean of the n-f values nearest the median."""
+    """MeaMed: the mean around the median, per coordinate the mean of the n - f values nearest
+    the median. Requires n >= 2f + 1."""
 
     rule_name = "meamed"
 
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs))
+
 
 class Krum(RobustBase):
-    """Krum (Bulyan paper; n >= 2f + 3): the reply with the lowest Krum score (n-f-2 neighbours)."""
+    """Krum (Bulyan paper): the reply with the lowest Krum score, the sum of its distances to
+    its ``neighbours`` nearest others (default n - f - 2). Requires n >= 2f + 3.
+
+    ``distance``: ``"squared"`` (the paper's, default) or ``"plain"`` Euclidean distances.
+    """
 
     rule_name = "krum"
 
+    def __init__(
+        self,
+        *,
+        distance: str | None = None,
+        neighbours: int | None = None,
+        num_byzantine: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        options = {"distance": distance, "neighbours": neighbours}
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
+
 
 class MultiKrum(RobustBase):
-    """Multi-Krum: unweighted mean of the ``m`` lowest-scoring replies (default m = n - f)."""
+    """MultiKrum (Multi-Krum): the unweighted mean of the ``m`` replies of lowest Krum score
+    (default m = n - f; ``num_nodes_to_select`` is Flower's name for it). Requires n >= 2f + 3.
+
+    ``distance`` and ``neighbours`` as for :class:`Krum`.
+    """
 
     rule_name = "multi_krum"
 
     def __init__(
         self,
         *,
-        num_byzantine: int = 0,
         m: int | None = None,
+        distance: str | None = None,
+        neighbours: int | None = None,
+        num_byzantine: int = 0,
         num_nodes_to_select: int | None = None,  # Flower's MultiKrum name for m
         **kwargs: Any,
     ) -> None:
@@ -311,27 +463,33 @@ class MultiKrum(RobustBase):
             if m not in (None, num_nodes_to_select):
                 raise ValueError(f"m={m} and num_nodes_to_select={num_nodes_to_select}: give one")
             m = num_nodes_to_select
-        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, m=m))
+        options = {"m": m, "distance": distance, "neighbours": neighbours}
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 class Medoid(RobustBase):
-    """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances."""
+    """Medoid ("GeoMed" of the Bulyan paper): the reply minimising the sum of distances to the
+    others. Requires n >= 2f + 1."""
 
     rule_name = "medoid"
 
+    def __init__(self, *, num_byzantine: int = 0, **kwargs: Any) -> None:
+        super().__init__(num_byzantine=num_byzantine, **with_options(kwargs))
+
 
 class GeometricMedian(RobustBase):
-    """Geometric median by smoothed Weiszfeld iterations (``eps``, ``tol``, ``max_iter``)."""
+    """GeometricMedian: the geometric median by smoothed Weiszfeld iterations (smoothing ``eps``,
+    tolerance ``tol``, at most ``max_iter`` iterations). Requires n >= 2f + 1."""
 
     rule_name = "geometric_median"
 
     def __init__(
         self,
         *,
-        num_byzantine: int = 0,
         eps: float | None = None,
         tol: float | None = None,
         max_iter: int | None = None,
+        num_byzantine: int = 0,
         **kwargs: Any,
     ) -> None:
         options = {"eps": eps, "tol": tol, "max_iter": max_iter}
@@ -339,30 +497,33 @@ class GeometricMedian(RobustBase):
 
 
 class Brute(RobustBase):
-    """Brute (Bulyan paper): mean of the n-f subset of smallest diameter; refuses > max_subsets."""
+    """Brute (Bulyan paper): the mean of the subset of n - f replies of smallest diameter; refuses
+    more than ``max_subsets`` subsets. Requires n >= 2f + 1."""
 
     rule_name = "brute"
 
     def __init__(
-        self, *, num_byzantine: int = 0, max_subsets: int | None = None, **kwargs: Any
+        self, *, max_subsets: int | None = None, num_byzantine: int = 0, **kwargs: Any
     ) -> None:
         options = {"max_subsets": max_subsets}
         super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
 
 
 class Bulyan(RobustBase):
-    """Bulyan(A) (Bulyan paper, section 4; n >= 4f + 3); ``selector`` A, ``variant`` "bulyan" or
-    "momentum" (the Distributed Momentum paper's variant)."""
+    """Bulyan(A) (Bulyan paper, section 4): ``selector`` A (default ``"krum"``, with
+    ``selector_options``) picks n - 2f replies, then a coordinate-wise trimmed mean around the
+    median; ``variant`` ``"bulyan"`` or ``"momentum"`` (the Distributed Momentum paper's variant).
+    Requires n >= 4f + 3."""
 
     rule_name = "bulyan"
 
     def __init__(
         self,
         *,
-        num_byzantine: int = 0,
         selector: str | None = None,
         variant: str | None = None,
         selector_options: dict[str, Any] | None = None,
+        num_byzantine: int = 0,
         **kwargs: Any,
     ) -> None:
         options = {"selector": selector, "variant": variant, "selector_options": selector_options}
@@ -371,8 +532,9 @@ class Bulyan(RobustBase):
 
 # ---------------------------------------------------------------- beyond the seeds
 class CenteredClipping(RobustBase):
-    """Centered clipping (Karimireddy, He, Jaggi, 2021; n >= 2f + 1): from the previous round's
-    aggregate ``v`` (0 at first), L times ``v <- v + mean_i (V_i - v) min(1, tau / ||V_i - v||)``.
+    """CenteredClipping (Karimireddy, He, Jaggi, 2021): from the previous round's aggregate ``v``
+    (0 at first), ``L`` times ``v <- v + mean_i (V_i - v) min(1, tau / ||V_i - v||)``. Requires
+    n >= 2f + 1.
 
     The center lives in the aggregator across rounds: ``state_dict()["center"]`` /
     ``load_state_dict`` checkpoint it; it restarts at 0 when the model layout changes.
@@ -383,9 +545,9 @@ class CenteredClipping(RobustBase):
     def __init__(
         self,
         *,
-        num_byzantine: int = 0,
         tau: float | None = None,
         L: int | None = None,  # the paper's name
+        num_byzantine: int = 0,
         **kwargs: Any,
     ) -> None:
         if tau is not None and not (
@@ -400,7 +562,8 @@ class CenteredClipping(RobustBase):
 
 class FLTrust(RobustBase):
     """FLTrust (Cao et al., 2021; needs a server root data set): trust ``max(0, cos(V_i, g_0))``,
-    output the trust-weighted mean of the replies rescaled to ``||g_0||``.
+    output the trust-weighted mean of the replies rescaled to ``||g_0||``. Requires n >= 1 (the
+    server's own update is the reference, whatever f).
 
     ``server_update_fn(global_arrays, server_round) -> dict[str, np.ndarray]`` computes ``g_0``,
     the server's own update on its root data at the current model (a delta in weights mode, a
@@ -411,16 +574,20 @@ class FLTrust(RobustBase):
     rule_name = "fltrust"
 
     def __init__(
-        self, *, server_update_fn: ServerUpdateFn, num_byzantine: int = 0, **kwargs: Any
+        self, *, num_byzantine: int = 0, server_update_fn: ServerUpdateFn, **kwargs: Any
     ) -> None:
-        super().__init__(num_byzantine=num_byzantine, server_update_fn=server_update_fn, **kwargs)
+        super().__init__(
+            num_byzantine=num_byzantine,
+            server_update_fn=server_update_fn,
+            **with_options(kwargs),
+        )
 
 
 class DnC(RobustBase):
-    """Divide and conquer (Shejwalkar, Houmansadr, 2021; n >= 2f + 1): ``niters`` times, on ``b``
-    random coordinates, drop the ``c f`` replies with the largest projection on the top principal
-    direction; average the replies kept every time. Seeded: round t draws with
-    ``round_seed(seed, t)``, so a run is reproducible.
+    """DnC, divide and conquer (Shejwalkar, Houmansadr, 2021): ``niters`` times, on ``b`` random
+    coordinates, drop the ``c f`` replies with the largest projection on the top principal
+    direction; average the replies kept every time. Requires n >= 2f + 1. Seeded: round t draws
+    with ``round_seed(seed, t)`` (``seed`` 0 when not given), so a run is reproducible.
     """
 
     rule_name = "dnc"
@@ -428,11 +595,11 @@ class DnC(RobustBase):
     def __init__(
         self,
         *,
-        num_byzantine: int = 0,
         niters: int | None = None,
         b: int | None = None,
         c: float | None = None,
-        seed: int = 0,
+        seed: int | None = None,
+        num_byzantine: int = 0,
         **kwargs: Any,
     ) -> None:
         for key, value in (("niters", niters), ("b", b)):
@@ -440,7 +607,26 @@ class DnC(RobustBase):
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"dnc: {key} must be an int >= 1, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"dnc: seed must be an int, got {seed!r}")
         options = {"niters": niters, "b": b, "c": None if c is None else float(c), "seed": seed}
         super().__init__(num_byzantine=num_byzantine, **with_options(kwargs, **options))
+
+
+#: the per-rule mixins (the subclasses of RobustBase above), by rule name
+RULE_CLASSES: dict[str, type[RobustBase]] = {
+    cls.rule_name: cls for cls in RobustBase.__subclasses__() if cls.rule_name
+}
+
+
+_API = TypeVar("_API", bound=RobustBase)
+
+
+def rule_strategies(base: type[_API], fedavg: type) -> dict[str, type[_API]]:
+    """One API's per-rule classes (the subclasses of ``base`` that run a rule of
+    ``RULE_CLASSES``) by rule name, with the keyword-only signatures attached to them and to
+    ``base`` (``attach_signature``); called once at the end of each API module."""
+    classes = {cls.rule_name: cls for cls in base.__subclasses__() if cls.rule_name in RULE_CLASSES}
+    for cls in (base, *classes.values()):
+        attach_signature(cls, fedavg)
+    return classes
