@@ -29,9 +29,9 @@ import tempfile
 
 import torch
 
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.server_app import quiet_flower
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.server_app import quiet_flower
 
 N, F, BATCH, LR = 51, 12, 83, 0.1
 ATTACKS = ("alie", "ipm", "omniscient_negative", "lp_coordinate")
@@ -57,7 +57,7 @@ def per_attacker_path() -> None:
     l_p search against Bulyan calls the rule at every step (no quadratic distance model)."""
     import importlib
 
-    import clients.adversary as adversary
+    import flwr_byz.clients.adversary as adversary
 
     lp_coordinate = importlib.import_module("flwr_byz.attacks.lp_coordinate")
     adversary._shared_attack = lambda run_config, partition_of: (None, 0)  # type: ignore

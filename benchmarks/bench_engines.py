@@ -33,9 +33,9 @@ import time
 import torch
 
 from flwr_byz import data, models
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.server_app import quiet_flower
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.server_app import quiet_flower
 
 N, BATCH, LR = 51, 83, 0.1
 
@@ -128,10 +128,10 @@ class _Timer:
 
 def inprocess_breakdown(steps: int, threads: int) -> dict[str, float]:
     """Milliseconds per round of an in-process run, by part (first round excluded)."""
-    from clients import app as client_app
+    from flwr_byz.clients import app as client_app
     from flwr_byz.inprocess import InProcessGrid
+    from flwr_byz.simulations.results import RunStore
     from flwr_byz.strategy.message_api import RobustStrategy
-    from simulations.results import RunStore
 
     timer = _Timer()
     timer.wrap(InProcessGrid, "send_and_receive", "messages (grid)")

@@ -1,6 +1,6 @@
 """Per-round wall time of a SuperNode deployment: a fresh ClientApp process per message (Flower's
 default, `--isolation subprocess`) vs one long-lived ClientApp executor per SuperNode
-(`--isolation process` + `python -m clients.warm_superexec`), in the same script run.
+(`--isolation process` + `python -m flwr_byz.clients.warm_superexec`), in the same script run.
 
     python benchmarks/bench_supernodes.py                     # 4 nodes, 3 rounds, both modes
     python benchmarks/bench_supernodes.py --rounds 5 --modes warm

@@ -1,6 +1,7 @@
 """Flower's ``Array`` (``.npy`` bytes) to numpy and back, fast and byte-identical to Flower.
 
-One codec for the strategies (``flwr_byz.strategy``) and the ClientApp (``clients.records``):
+One codec for the strategies (``flwr_byz.strategy``) and the ClientApp
+(``flwr_byz.clients.records``):
 headers are parsed and built once per (dtype, shape) and cached; the data is viewed, not parsed.
 Tested against Flower's own encoding in ``tests/strategy/test_strategy_decode.py``.
 """

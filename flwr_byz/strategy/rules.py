@@ -60,7 +60,7 @@ _EMPTY = inspect.Parameter.empty
 def rule_option_names(rule: str) -> tuple[str, ...]:
     """The options a user can set for ``rule``, in its kernel's order: the keyword parameters of
     ``gars.get(rule).fn(vectors, f, **options)`` after the first two (as
-    ``simulations.experiment.option_names`` reads them), less :data:`ENGINE_OPTIONS`."""
+    ``flwr_byz.simulations.experiment.option_names`` reads them), less :data:`ENGINE_OPTIONS`."""
     params = list(inspect.signature(gars.get(rule).fn).parameters.values())[2:]
     skip = ENGINE_OPTIONS.get(rule, ())
     return tuple(

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from clients.config import ClientConfig
-from clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
 from flwr_byz import attacks
+from flwr_byz.clients.config import ClientConfig
+from flwr_byz.clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
 
 
 @pytest.mark.parametrize(

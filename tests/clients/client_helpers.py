@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-import clients.app as client_app
+import flwr_byz.clients.app as client_app
 from flwr_byz import data, models
 from flwr_byz.inprocess import InProcessGrid
 
@@ -46,7 +46,8 @@ class ThreadedGrid(InProcessGrid):
 
 
 def make_grid(n: int, run_config: dict[str, Any], threaded: bool = False, **kw: Any):
-    """A grid of ``n`` nodes (ids 1..n, partition ids 0..n-1) running ``clients.app:app``."""
+    """A grid of ``n`` nodes (ids 1..n, partition ids 0..n-1) running
+    ``flwr_byz.clients.app:app``."""
     config = {**BASE_CONFIG, **run_config}
     cls = ThreadedGrid if threaded else InProcessGrid
     return cls(client_app.app, [{} for _ in range(n)], config, **kw)

@@ -9,7 +9,7 @@ import torch
 from client_helpers import make_grid, reference_gradient, reply_vector, run_round, train_messages
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from clients import AdversaryGrid, discover_roles, start_coordinator
+from flwr_byz.clients import AdversaryGrid, discover_roles, start_coordinator
 
 N, F = 11, 5  # partitions 0..4 are the colluders (the default: the first num-byzantine)
 
@@ -113,7 +113,7 @@ def test_needs_none_is_a_pass_through(arrays0) -> None:
 
 
 def test_needs_for_run_config() -> None:
-    from clients import needs_for_run_config
+    from flwr_byz.clients import needs_for_run_config
 
     def needs(**config) -> str:
         return needs_for_run_config({"num-byzantine": 2, **config}, num_partitions=6)

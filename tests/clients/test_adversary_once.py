@@ -10,9 +10,9 @@ import torch
 from client_helpers import BASE_CONFIG, make_grid, run_round, train_messages
 from flwr.app import Message
 
-from clients import AdversaryGrid, discover_roles, start_coordinator
-from clients.malicious import EAVESDROP_KEY, SHARED_VECTOR_KEY
 from flwr_byz import attacks
+from flwr_byz.clients import AdversaryGrid, discover_roles, start_coordinator
+from flwr_byz.clients.malicious import EAVESDROP_KEY, SHARED_VECTOR_KEY
 
 N, F = 11, 4  # partitions 0..3 attack
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from client_helpers import BASE_CONFIG, make_grid, run_round
 
-from clients import AdversaryGrid, discover_roles
-from clients.config import ClientConfig
-from clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
 from flwr_byz import attacks
+from flwr_byz.clients import AdversaryGrid, discover_roles
+from flwr_byz.clients.config import ClientConfig
+from flwr_byz.clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
 
 N, F = 9, 2
 

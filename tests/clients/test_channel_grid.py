@@ -6,8 +6,8 @@ import pytest
 import torch
 from client_helpers import make_grid, reply_vector, run_round
 
-from clients import ChannelFaultGrid
 from flwr_byz import attacks
+from flwr_byz.clients import ChannelFaultGrid
 
 MASK = (1 << 21) | (1 << 29) | (1 << 30) | (1 << 31)  # float32 bits 22, 30, 31, 32
 

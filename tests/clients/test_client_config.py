@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clients.config import ClientConfig, parse_partition_list
+from flwr_byz.clients.config import ClientConfig, parse_partition_list
 
 NODE = {"partition-id": 2, "num-partitions": 6}
 

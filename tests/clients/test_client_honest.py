@@ -135,7 +135,7 @@ def test_gradient_on_cuda_matches_reference(arrays0: ArrayRecord) -> None:
     )
 )
 def test_records_flatten_round_trip(shapes) -> None:
-    from clients.records import flatten, record_to_state, vector_to_record
+    from flwr_byz.clients.records import flatten, record_to_state, vector_to_record
 
     state = {f"layer{i}": torch.randn(shape) for i, shape in enumerate(shapes)}
     vector = flatten(state)

@@ -18,9 +18,9 @@ from client_helpers import (
 )
 from flwr.app import ArrayRecord
 
-from clients import AdversaryGrid, discover_roles, start_coordinator
-from clients.malicious import MALICIOUS_CLIENTS, backdoor_accuracy
 from flwr_byz import attacks, gars
+from flwr_byz.clients import AdversaryGrid, discover_roles, start_coordinator
+from flwr_byz.clients.malicious import MALICIOUS_CLIENTS, backdoor_accuracy
 
 N, F = 9, 3
 BYZANTINE = (1, 4, 6)  # partition ids

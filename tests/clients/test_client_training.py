@@ -1,5 +1,5 @@
 """A crude attack destroys FedAvg's accuracy but not Krum's or Median's (short MNIST-5k run,
-n = 11, f = 3, MLP, gradient mode, through InProcessGrid + clients.app)."""
+n = 11, f = 3, MLP, gradient mode, through InProcessGrid + flwr_byz.clients.app)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.coordinator import (
+from flwr_byz.clients.coordinator import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorTimeoutError,
@@ -120,7 +120,7 @@ def test_cli_serves(tmp_path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "clients.coordinator", "--address", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "flwr_byz.clients.coordinator", "--address", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         text=True,
     )

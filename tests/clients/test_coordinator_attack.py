@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import torch
 
-import clients.malicious as malicious
-from clients.config import ClientConfig
-from clients.coordinator import (
+import flwr_byz.clients.malicious as malicious
+from flwr_byz.clients.config import ClientConfig
+from flwr_byz.clients.coordinator import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorTimeoutError,
     start_coordinator,
 )
-from clients.malicious import AttackInputs, coordinator_vector, make_malicious_client
+from flwr_byz.clients.malicious import AttackInputs, coordinator_vector, make_malicious_client
 
 K, F, D = 7, 3, 40  # honest vectors, attackers (partitions 0..2), dimension
 N = K + F
@@ -90,7 +90,7 @@ def test_coordinator_vector_equals_each_attackers_own_computation(
         cfg = _cfg(attack, options, pid)
         attacker = make_malicious_client(cfg)
         assert attacker.coordinator_kind == kind
-        # today's path (clients.app): fetch what the threat model allows, compute locally
+        # today's path (flwr_byz.clients.app): fetch what the threat model allows, compute locally
         _, known = client.fetch("run-7", 2, kind, expected_count)
         own = attacker.submit(_inputs(cfg, 2, known))
         served = coordinator_vector(attacker, client, "run-7", _inputs(cfg, 2))

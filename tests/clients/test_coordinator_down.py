@@ -10,12 +10,12 @@ import pytest
 from client_helpers import make_grid, train_messages
 from flwr.app import ArrayRecord
 
-import clients.app as client_app
-from clients.coordinator import start_coordinator
+import flwr_byz.clients.app as client_app
 from flwr_byz import models
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.server_app import IdleRunError, idle_run_problem, run_summary
+from flwr_byz.clients.coordinator import start_coordinator
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.server_app import IdleRunError, idle_run_problem, run_summary
 
 
 def dead_address() -> str:

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from clients.coordinator import (
+from flwr_byz.clients.coordinator import (
     TOKEN_ENV,
     CoordinatorClient,
     CoordinatorError,

@@ -561,7 +561,8 @@ class Federation(FlwrCli):
 
         `auth_private_key`: the node's OpenSSH EC private key, for SuperNode authentication.
         With `warm_clientapps` (the default) the SuperNode runs with `--isolation process` and
-        one long-lived `python -m clients.warm_superexec` (in `clientapps`) runs its messages;
+        one long-lived `python -m flwr_byz.clients.warm_superexec` (in `clientapps`) runs its
+        messages;
         otherwise the SuperNode starts a fresh `flwr-clientapp` process per message.
         """
         if self.tls is None:
@@ -607,7 +608,7 @@ def warm_superexec_argv(runtime_api_address: str, supernode_pid: int) -> list[st
     return [
         sys.executable,
         "-m",
-        "clients.warm_superexec",
+        "flwr_byz.clients.warm_superexec",
         "--runtime-api-address",
         runtime_api_address,
         "--insecure",

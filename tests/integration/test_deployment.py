@@ -2,7 +2,7 @@
 
 Flower processes on 127.0.0.1 (free ports), one SuperNode per partition, the last partition
 Byzantine with an omniscient attack that gets the round's honest vectors from the coordinator
-running as its own process (`python -m clients.coordinator`). The run is submitted with
+running as its own process (`python -m flwr_byz.clients.coordinator`). The run is submitted with
 `flwr run <app> <connection> --run-config ...`, followed with `flwr ls` until it finishes, and
 judged from the `result.json` the ServerApp writes under `results-dir/run-name/`.
 """
@@ -25,7 +25,7 @@ from .harness import REPO_ROOT, Federation, ProcessHarness, copy_app, free_port,
 
 pytestmark = pytest.mark.integration
 
-PROJECT_PACKAGES = ("flwr_byz", "clients", "simulations")
+PROJECT_PACKAGES = ("flwr_byz",)  # clients/ and simulations/ are links into it
 
 
 def project_app(destination: Path, run_config_keys: dict[str, Any]) -> Path:
@@ -51,7 +51,7 @@ def start_coordinator(harness: ProcessHarness) -> str:
     """The colluding coordinator as its own process; returns its host:port."""
     address = f"127.0.0.1:{free_port()}"
     coordinator = harness.start(
-        "coordinator", [sys.executable, "-m", "clients.coordinator", "--address", address]
+        "coordinator", [sys.executable, "-m", "flwr_byz.clients.coordinator", "--address", address]
     )
     coordinator.wait_for_log(r"coordinator listening on", timeout=60)
     return address

@@ -135,7 +135,7 @@ def test_warm_superexec_drops_the_previous_fabs_modules(tmp_path: Path, monkeypa
     """A task of another FAB re-imports the app: the old FAB's modules and path entry go."""
     import types
 
-    from clients.warm_superexec import LoadedApps
+    from flwr_byz.clients.warm_superexec import LoadedApps
 
     old_dir, new_dir = tmp_path / "fab-old", tmp_path / "fab-new"
     old_module = types.ModuleType("fab_app_under_test")
@@ -155,7 +155,7 @@ def test_warm_superexec_drops_the_previous_fabs_modules(tmp_path: Path, monkeypa
 
 def test_warm_superexec_argv_names_the_supernode() -> None:
     argv = warm_superexec_argv("127.0.0.1:9100", 1234)
-    assert argv[:3] == [sys.executable, "-m", "clients.warm_superexec"]
+    assert argv[:3] == [sys.executable, "-m", "flwr_byz.clients.warm_superexec"]
     assert argv[argv.index("--runtime-api-address") + 1] == "127.0.0.1:9100"
     assert argv[argv.index("--parent-pid") + 1] == "1234"
     assert "--insecure" in argv
@@ -183,15 +183,15 @@ def test_warm_superexec_exits_when_its_supernode_is_gone(tmp_path: Path) -> None
 
 def test_warm_superexec_forgets_the_project_packages(monkeypatch) -> None:
     """Before its first task the executor drops the project's modules it imported itself, so
-    that the FAB's copy of `clients` / `flwr_byz` / `simulations` is the one that runs."""
+    that the FAB's copy of `flwr_byz` (with its clients and simulations) is the one that runs."""
     import types
 
-    from clients.warm_superexec import forget_project_modules
+    from flwr_byz.clients.warm_superexec import forget_project_modules
 
     module = types.ModuleType("stand_in")
-    names = ["clients", "clients.app", "flwr_byz.gars", "simulations", "flwr", "clientsx"]
-    fake = dict.fromkeys([*names, "clients.warm_superexec"], module)
+    names = ["flwr_byz", "flwr_byz.clients.app", "flwr_byz.gars", "flwr", "flwr_byzx", "clients"]
+    fake = dict.fromkeys([*names, "flwr_byz.clients.warm_superexec"], module)
     monkeypatch.setattr(sys, "modules", fake)
     dropped = forget_project_modules()
-    assert sorted(dropped) == ["clients", "clients.app", "flwr_byz.gars", "simulations"]
-    assert sorted(fake) == ["clients.warm_superexec", "clientsx", "flwr"]
+    assert sorted(dropped) == ["flwr_byz", "flwr_byz.clients.app", "flwr_byz.gars"]
+    assert sorted(fake) == ["clients", "flwr", "flwr_byz.clients.warm_superexec", "flwr_byzx"]

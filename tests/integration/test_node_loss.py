@@ -18,9 +18,9 @@ import pytest
 from flwr.app import Message
 
 from flwr_byz.inprocess import InProcessGrid
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.server_app import NodeWaitGrid, TooFewNodesError, min_nodes, run_server
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.server_app import NodeWaitGrid, TooFewNodesError, min_nodes, run_server
 
 from .harness import Federation, descendants
 from .test_deployment import NO_ATTACK, byzantine_run_config, project_app

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.config import ClientConfig
-from simulations.experiment import RunConfig, build_experiment, from_mapping, load_experiment
+from flwr_byz.clients.config import ClientConfig
+from flwr_byz.simulations.experiment import (
+    RunConfig,
+    build_experiment,
+    from_mapping,
+    load_experiment,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +113,7 @@ def test_overridden_fields_name_the_runs_and_equal_points_run_once() -> None:
 
 def test_partition_schemes_are_the_data_modules() -> None:
     from flwr_byz import data
-    from simulations.experiment import PARTITIONINGS
+    from flwr_byz.simulations.experiment import PARTITIONINGS
 
     assert set(PARTITIONINGS) == set(data.SCHEMES)
     with pytest.raises(ValueError, match="similarity-gamma must be in"):

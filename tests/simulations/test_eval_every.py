@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from flwr_byz import data, models
-from simulations import engines
-from simulations.experiment import RunConfig, from_mapping
-from simulations.server_app import run_summary
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig, from_mapping
+from flwr_byz.simulations.server_app import run_summary
 
 
 def tiny(tmp_path: Path, **changes) -> RunConfig:
@@ -118,9 +118,9 @@ def test_baseline_on_n_minus_f_honest_workers_needs_no_new_option(tmp_path: Path
 
 
 def test_honest_client_cycles_through_its_shard() -> None:
-    from clients.config import ClientConfig
-    from clients.honest import minibatch
-    from clients.runtime import dataset_for, shard_indices
+    from flwr_byz.clients.config import ClientConfig
+    from flwr_byz.clients.honest import minibatch
+    from flwr_byz.clients.runtime import dataset_for, shard_indices
 
     run = {"partitioning": "shards", "batch-size": 7, "seed": 2}
     cfg = ClientConfig.from_configs(run, {"partition-id": 1, "num-partitions": 3})
@@ -137,9 +137,9 @@ def test_honest_client_cycles_through_its_shard() -> None:
 
 def test_backdoor_accuracy_is_measured_centrally_under_the_backdoor_attack(tmp_path: Path) -> None:
     """ALIE Table 2: the global model's backdoor accuracy at every evaluation, max and final."""
-    from clients.malicious import backdoor_accuracy
     from flwr_byz import attacks
-    from simulations.server_app import make_evaluator
+    from flwr_byz.clients.malicious import backdoor_accuracy
+    from flwr_byz.simulations.server_app import make_evaluator
 
     cfg = tiny(tmp_path, attack="alie_backdoor", num_byzantine=1)
     evaluate, initial = make_evaluator(cfg)

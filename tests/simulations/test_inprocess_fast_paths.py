@@ -9,13 +9,13 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-import clients.runtime as runtime
-from clients import records
-from clients.config import ClientConfig
+import flwr_byz.clients.runtime as runtime
 from flwr_byz import models
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.results import RunStore
+from flwr_byz.clients import records
+from flwr_byz.clients.config import ClientConfig
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.results import RunStore
 
 
 def _reference_vector_to_record(vector: torch.Tensor, like: dict[str, Any]) -> ArrayRecord:
@@ -121,7 +121,7 @@ def test_inprocess_runs_are_bit_identical_without_the_fast_paths(
     fast_arrays, fast_losses = _run(tmp_path, name, "fast")
     # the reference: Flower's encoding, and every received state copied into the model
     monkeypatch.setattr(records, "vector_to_record", _reference_vector_to_record)
-    monkeypatch.setattr("clients.app.vector_to_record", _reference_vector_to_record)
+    monkeypatch.setattr("flwr_byz.clients.app.vector_to_record", _reference_vector_to_record)
     monkeypatch.setattr(runtime, "_source", lambda value: None)
     slow_arrays, slow_losses = _run(tmp_path, name, "slow")
     assert fast_losses == slow_losses

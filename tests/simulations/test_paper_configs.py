@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
-from clients.malicious import MALICIOUS_CLIENTS
 from flwr_byz import gars
-from simulations.experiment import CONFIG_DIR, RunConfig, load_experiment
+from flwr_byz.clients.malicious import MALICIOUS_CLIENTS
+from flwr_byz.simulations.experiment import CONFIG_DIR, RunConfig, load_experiment
 
 # name -> (runs, seeds of every case, rounds)
 EXPECTED = {

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from flwr_byz.metrics import kappa
-from simulations.plots import facts, line_styles, metric_figure, round_value, vn_thresholds
-from simulations.results import RunRecord, RunStore
+from flwr_byz.simulations.plots import facts, line_styles, metric_figure, round_value, vn_thresholds
+from flwr_byz.simulations.results import RunRecord, RunStore
 
 plt = pytest.importorskip("matplotlib.pyplot", reason="matplotlib is not installed")
 
@@ -144,7 +144,7 @@ def test_round_value_reads_plain_and_prefixed_names() -> None:
 
 
 def test_report_figures_state_the_group_and_tell_copies_apart(tmp_path: Path, monkeypatch):
-    from simulations.report import write_report
+    from flwr_byz.simulations.report import write_report
 
     runs = {
         "rule=krum_seed=1": _record([0.1, 0.5, 0.7], [0.5, 0.02, 0.01]),
@@ -188,8 +188,8 @@ def test_report_figures_state_the_group_and_tell_copies_apart(tmp_path: Path, mo
 
 
 def test_summary_reads_prefixed_diagnostics() -> None:
-    from simulations.experiment import RunConfig
-    from simulations.runner import summary_row
+    from flwr_byz.simulations.experiment import RunConfig
+    from flwr_byz.simulations.runner import summary_row
 
     rounds = [
         {"round": 0, "test-accuracy": 0.1},

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from simulations import cli, runner
-from simulations.runner import _Progress
+from flwr_byz.simulations import cli, runner
+from flwr_byz.simulations.runner import _Progress
 
 
 class _Stdout(io.StringIO):

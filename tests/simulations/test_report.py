@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.report import write_report
-from simulations.results import RunRecord, RunStore
+from flwr_byz.simulations.report import write_report
+from flwr_byz.simulations.results import RunRecord, RunStore
 
 
 def _record(
@@ -83,8 +83,8 @@ def test_report_of_nothing_finished_is_an_error(tmp_path: Path) -> None:
 
 
 def test_worst_case_over_attacks_and_heatmap(tmp_path: Path) -> None:
-    from simulations.report import cases, plot_heatmaps, worst_case
-    from simulations.results import load_records
+    from flwr_byz.simulations.report import cases, plot_heatmaps, worst_case
+    from flwr_byz.simulations.results import load_records
 
     finals = {  # (partitioning, f, attack) -> final accuracy
         ("iid", 1, "alie"): 0.9,
@@ -118,7 +118,7 @@ def test_worst_case_over_attacks_and_heatmap(tmp_path: Path) -> None:
 
 
 def test_heatmap_rows_go_from_homogeneous_to_label_sorted() -> None:
-    from simulations.report import _heterogeneity_rank
+    from flwr_byz.simulations.report import _heterogeneity_rank
 
     labels = ["label_sorted", "dirichlet 0.1", "iid", "dirichlet 1.0", "gamma_similarity 0.5"]
     ordered = sorted(labels, key=_heterogeneity_rank)
@@ -132,8 +132,8 @@ def test_heatmap_rows_go_from_homogeneous_to_label_sorted() -> None:
 
 
 def test_worst_case_names_the_defence_without_heterogeneity_and_f(tmp_path: Path) -> None:
-    from simulations.report import cases, worst_case
-    from simulations.results import load_records
+    from flwr_byz.simulations.report import cases, worst_case
+    from flwr_byz.simulations.results import load_records
 
     for part in ("iid", "label_sorted"):
         for f in (1, 2):

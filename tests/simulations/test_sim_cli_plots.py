@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations import cli
-from simulations.plots import plot_directory, plot_records
-from simulations.results import RunRecord, load_records
+from flwr_byz.simulations import cli
+from flwr_byz.simulations.plots import plot_directory, plot_records
+from flwr_byz.simulations.results import RunRecord, load_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -99,7 +99,7 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
 
 
 def test_plot_directory_reads_records(tmp_path: Path) -> None:
-    from simulations.results import RunStore
+    from flwr_byz.simulations.results import RunStore
 
     RunStore(tmp_path / "exp" / "r1").write_record(_record([1.0, 0.5]))
     files = plot_directory(tmp_path)

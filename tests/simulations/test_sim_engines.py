@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from simulations import engines
-from simulations.experiment import RunConfig
-from simulations.results import RunStore
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.results import RunStore
 
 
 @pytest.mark.slow  # Ray's start-up: ~25 s on an idle 2-core machine
@@ -67,7 +67,7 @@ def test_client_app_wrapper_keeps_flower_context_unchanged() -> None:
 
 def test_node_count_mismatch_is_a_clear_error() -> None:
     from flwr_byz.inprocess import InProcessGrid
-    from simulations.server_app import wait_for_nodes
+    from flwr_byz.simulations.server_app import wait_for_nodes
 
     grid = InProcessGrid(engines.client_app(), [{}] * 3, run_config={})
     wait_for_nodes(grid, 3, timeout=0.0)

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulations.experiment import (
+from flwr_byz.simulations.experiment import (
     CONFIG_DIR,
     RunConfig,
     build_experiment,
@@ -20,7 +20,7 @@ from simulations.experiment import (
     from_mapping,
     load_experiment,
 )
-from simulations.server_app import config_from_context
+from flwr_byz.simulations.server_app import config_from_context
 
 BUNDLED = ("quickstart", "alie_table1", "momentum_mnist", "bulyan_lp", "phocas")
 

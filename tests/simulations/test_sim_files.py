@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from simulations import engines
-from simulations.experiment import RunConfig, build_experiment
-from simulations.results import Checkpoint, RunBusyError, RunLock, RunStore
-from simulations.runner import RunOutcome, outcome_row, run_experiment
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig, build_experiment
+from flwr_byz.simulations.results import Checkpoint, RunBusyError, RunLock, RunStore
+from flwr_byz.simulations.runner import RunOutcome, outcome_row, run_experiment
 
 ATTEMPTS = 30
 

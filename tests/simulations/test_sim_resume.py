@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from simulations import engines
-from simulations.experiment import RunConfig, build_experiment
-from simulations.results import (
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import RunConfig, build_experiment
+from flwr_byz.simulations.results import (
     Checkpoint,
     RunRecord,
     RunStore,
     load_records,
     run_status,
 )
-from simulations.runner import run_experiment
-from simulations.server_app import round_listener
+from flwr_byz.simulations.runner import run_experiment
+from flwr_byz.simulations.server_app import round_listener
 
 
 def tiny(tmp_path: Path, **changes) -> RunConfig:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from simulations import cli
-from simulations.experiment import load_experiment
-from simulations.results import RunRecord, RunStore, load_records
-from simulations.tensorboard_log import (
+from flwr_byz.simulations import cli
+from flwr_byz.simulations.experiment import load_experiment
+from flwr_byz.simulations.results import RunRecord, RunStore, load_records
+from flwr_byz.simulations.tensorboard_log import (
     TensorBoardLogger,
     TensorBoardUnavailable,
     export_records,

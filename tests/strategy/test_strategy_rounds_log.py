@@ -8,9 +8,9 @@ from pathlib import Path
 from flwr.app import MessageType
 
 from flwr_byz.inprocess import InProcessGrid
-from simulations import engines, server_app
-from simulations.experiment import RunConfig
-from simulations.results import RunStore
+from flwr_byz.simulations import engines, server_app
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.results import RunStore
 
 
 class _LosingGrid(InProcessGrid):

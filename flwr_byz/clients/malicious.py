@@ -6,7 +6,8 @@ its threat model lets it know and calls the pure attack function of ``flwr_byz.a
 - ``"own"``: its own honest vector or data (sign flip, label flip, the channel faults as a sender);
 - ``"colluders"``: the colluders' own honest vectors of the round (non-omniscient ALIE, backdoor);
 - ``"omniscient"``: all honest vectors of the round (ALIE, IPM, l_p, omniscient negative).
-The app (``clients.app``) fetches ``colluders``/``omniscient`` vectors from the coordinator.
+The app (``flwr_byz.clients.app``) fetches ``colluders``/``omniscient`` vectors from the
+coordinator.
 """
 
 from __future__ import annotations
@@ -380,7 +381,8 @@ class BitFlipClient(MaliciousClient):
     """Phocas's bit flip done by the senders: of the attacked coordinates (the first
     ``coordinates``, 1000), the Byzantine sender of rank r corrupts those with index % f == r, so
     each attacked coordinate carries one corrupted value (options ``coordinates``, ``bits``).
-    For the channel model proper (any received value) use ``clients.channel.ChannelFaultGrid``."""
+    For the channel model proper (any received value) use
+    ``flwr_byz.clients.channel.ChannelFaultGrid``."""
 
     name, knowledge = "bit_flip", "own"
     allowed_options = frozenset({"coordinates", "bits"})

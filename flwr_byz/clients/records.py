@@ -28,7 +28,8 @@ def record_to_state(arrays: ArrayRecord) -> dict[str, Tensor]:
     """The record as a ``{key: tensor}`` dict (CPU tensors, copies).
 
     Each tensor is tagged (``SOURCE_ATTR``) with the ``bytes`` it was decoded from and its version
-    counter, so that ``clients.runtime.model_with_state`` can skip copying values the model already
+    counter, so that ``flwr_byz.clients.runtime.model_with_state`` can skip copying values the
+    model already
     holds (every node of a round receives the same bytes)."""
     state = {}
     for key, array in arrays.items():

@@ -1,4 +1,4 @@
-"""The ServerApp (``simulations.server_app:app``): one run of one experiment, checkpointed.
+"""The ServerApp (``flwr_byz.simulations.server_app:app``): one run of one experiment, checkpointed.
 
 Reads the run config (the shared schema, see docs/ARCHITECTURE.md), builds the test split and
 the model for centralised evaluation, the robust strategy for the rule, finds which nodes are
@@ -26,11 +26,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from clients.config import pre_steps
-from clients.grid_wrapper import GridWrapper
+from flwr_byz.clients.config import pre_steps
+from flwr_byz.clients.grid_wrapper import GridWrapper
 from flwr_byz.metrics import detection_rates, split_prefixed
-from simulations.experiment import RunConfig, build_experiment, load_spec
-from simulations.results import (
+from flwr_byz.simulations.experiment import RunConfig, build_experiment, load_spec
+from flwr_byz.simulations.results import (
     Checkpoint,
     RunLock,
     RunRecord,
@@ -128,7 +128,7 @@ def build_strategy(cfg: RunConfig) -> Any:
     server_momentum = cfg.momentum if cfg.momentum_place == "server" else 0.0
     extra: dict[str, Any] = {}
     if cfg.rule == "fltrust":  # the server's update on its root data set
-        from simulations.fltrust_root import make_root_update
+        from flwr_byz.simulations.fltrust_root import make_root_update
 
         extra["server_update_fn"] = make_root_update(cfg)
     return RobustStrategy(
@@ -215,7 +215,7 @@ class NodeWaitGrid(GridWrapper):
 
 def discover(grid: Grid, timeout: float = 120.0) -> Roles:
     """Ask every node for its partition id and role (``clients.discover_roles``)."""
-    from clients.adversary import discover_roles
+    from flwr_byz.clients.adversary import discover_roles
 
     roles = discover_roles(grid, timeout=timeout)
     return Roles(
@@ -243,8 +243,8 @@ def needs_coordinator(cfg: RunConfig) -> bool:
 
 
 def _grid_computes_attack(cfg: RunConfig) -> bool:
-    from clients.config import ClientConfig
-    from clients.malicious import make_malicious_client
+    from flwr_byz.clients.config import ClientConfig
+    from flwr_byz.clients.malicious import make_malicious_client
 
     probe = ClientConfig.from_configs(
         cfg.to_flower(), {"partition-id": 0, "num-partitions": cfg.num_clients}
@@ -258,7 +258,7 @@ def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str
     ``ChannelFaultGrid`` corrupts received values for the Phocas paper's channel faults."""
     needs = adversary_needs(cfg)
     if needs != "none":
-        from clients.adversary import AdversaryGrid
+        from flwr_byz.clients.adversary import AdversaryGrid
 
         grid = AdversaryGrid(
             grid,
@@ -271,7 +271,7 @@ def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str
             partition_of=roles.partition_of,
         )
     if cfg.channel_fault != "none":
-        from clients.channel import ChannelFaultGrid
+        from flwr_byz.clients.channel import ChannelFaultGrid
 
         grid = ChannelFaultGrid(
             grid, cfg.channel_fault, seed=cfg.seed, **dict(cfg.channel_fault_options)
@@ -286,7 +286,7 @@ def coordinator_for(cfg: RunConfig) -> Iterator[str]:
     if cfg.coordinator_address or not needs_coordinator(cfg):
         yield cfg.coordinator_address
         return
-    from clients.coordinator import start_coordinator
+    from flwr_byz.clients.coordinator import start_coordinator
 
     handle = start_coordinator("127.0.0.1:0")
     try:
@@ -318,8 +318,8 @@ def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, fl
     Under ``alie_backdoor`` it also records ``backdoor-accuracy`` (ALIE Table 2: the share of
     triggered test images whose true label is not the target that the model classifies as the
     target), so the backdoor's success is measured on the global model every evaluation."""
-    from clients.malicious import backdoor_accuracy
     from flwr_byz import attacks, data, models
+    from flwr_byz.clients.malicious import backdoor_accuracy
 
     split, model = split_and_model(cfg)
     initial = ArrayRecord(model.state_dict())

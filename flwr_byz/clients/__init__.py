@@ -1,6 +1,7 @@
 """Flower ClientApp, honest and malicious clients, and the colluding coordinator.
 
-The ClientApp itself is ``clients.app:app`` (imported lazily: importing ``clients`` stays cheap).
+The ClientApp itself is ``flwr_byz.clients.app:app`` (imported lazily: importing ``clients`` stays
+cheap).
 """
 
 from .adversary import AdversaryGrid, discover_roles, needs_for_run_config

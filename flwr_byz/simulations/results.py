@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simulations.experiment import RunConfig
+from flwr_byz.simulations.experiment import RunConfig
 
 RESULT_FILE = "result.json"
 ROUNDS_FILE = "rounds.jsonl"

@@ -250,7 +250,8 @@ def needs_for_run_config(run_config: Mapping[str, Any], num_partitions: int) -> 
 def discover_roles(
     grid: Grid, timeout: float | None = 120.0, min_nodes: int = 1
 ) -> dict[int, tuple[int, bool]]:
-    """Ask every node (a "query" message answered by ``clients.app``'s query handler) for its
+    """Ask every node (a "query" message answered by ``flwr_byz.clients.app``'s query handler) for
+    its
     partition id and whether it is Byzantine: ``{node_id: (partition_id, is_byzantine)}``.
 
     Waits (at most ``timeout`` s) until the grid lists ``min_nodes`` nodes: in Flower's

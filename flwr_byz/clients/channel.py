@@ -5,7 +5,8 @@ Which to use when:
 - ``ChannelFaultGrid`` (this module): the paper's model proper. Any received value may be hit
   (bit flip: one value per attacked coordinate, from any sender by default; gambler: a faulty
   parameter-server shard). No node is "Byzantine": run with ``attack = "none"`` on the clients.
-- ``attack = "bit_flip"`` / ``"gambler"`` on the clients (``clients.malicious``): the designated
+- ``attack = "bit_flip"`` / ``"gambler"`` on the clients (``flwr_byz.clients.malicious``): the
+designated
   Byzantine senders corrupt their own vectors, so the faults come from known nodes and the
   strategy's influence metrics can attribute them; works on real SuperNodes without touching the
   ServerApp.

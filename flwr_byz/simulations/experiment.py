@@ -415,8 +415,8 @@ def option_names(fn: Any) -> tuple[str, ...]:
 def _validate_registries(cfg: RunConfig) -> None:
     """Names and options against the registries, and n against the rule's requirement for f,
     so that a bad run fails when the config is read, not in round 1 (errors name the field)."""
-    from clients.malicious import MALICIOUS_CLIENTS
     from flwr_byz import data, gars, models
+    from flwr_byz.clients.malicious import MALICIOUS_CLIENTS
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -449,7 +449,7 @@ def _validate_registries(cfg: RunConfig) -> None:
         f"nodes per round, but num-clients={cfg.num_clients} x fraction-train="
         f"{cfg.fraction_train} gives {sampled}: every round would keep the model",
     )
-    from clients.config import pre_steps
+    from flwr_byz.clients.config import pre_steps
 
     try:
         pre_steps(cfg.pre)

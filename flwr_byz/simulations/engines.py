@@ -1,7 +1,8 @@
 """Two ways to run one run: Flower's simulation engine (Ray) or in process (no Ray).
 
-Both call the same ServerApp (``simulations.server_app:app``) and the same
-ClientApp (``clients.app:app``) with the same flat run config, so for one seed they compute the
+Both call the same ServerApp (``flwr_byz.simulations.server_app:app``) and the same
+ClientApp (``flwr_byz.clients.app:app``) with the same flat run config, so for one seed they
+compute the
 same numbers (up to float summation order). ``flower`` uses ``flwr.simulation.run_simulation``
 with ``num_supernodes = n`` and one CPU per ClientApp; since that function takes no run
 config, the config reaches both apps through thin wrappers that set ``context.run_config``.
@@ -21,16 +22,16 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from simulations import server_app
-from simulations.experiment import RunConfig
-from simulations.results import RunRecord, RunStore
+from flwr_byz.simulations import server_app
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.results import RunRecord, RunStore
 
 ENGINES = ("inprocess", "flower")
 
 
 def client_app() -> ClientApp:
-    """The project's ClientApp (``clients.app:app``)."""
-    from clients.app import app
+    """The project's ClientApp (``flwr_byz.clients.app:app``)."""
+    from flwr_byz.clients.app import app
 
     return app
 
@@ -95,7 +96,8 @@ class RunConfigClientApp(ClientApp):
 
 
 def server_app_for(cfg: RunConfig) -> ServerApp:
-    """A ServerApp that runs ``simulations.server_app:app`` with ``cfg`` as its run config."""
+    """A ServerApp that runs ``flwr_byz.simulations.server_app:app`` with ``cfg`` as its run
+    config."""
     server = ServerApp()
 
     @server.main()

@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations import engines
-from simulations.experiment import Experiment, RunConfig
-from simulations.plots import round_value
-from simulations.results import RunBusyError, RunRecord, RunStore, _atomic_write_bytes, run_status
-from simulations.server_app import quiet_flower, round_listener
+from flwr_byz.simulations import engines
+from flwr_byz.simulations.experiment import Experiment, RunConfig
+from flwr_byz.simulations.plots import round_value
+from flwr_byz.simulations.results import (
+    RunBusyError,
+    RunRecord,
+    RunStore,
+    _atomic_write_bytes,
+    run_status,
+)
+from flwr_byz.simulations.server_app import quiet_flower, round_listener
 
 SUMMARY_FIELDS = (
     "run",
@@ -180,13 +186,13 @@ def run_experiment(
 
     With ``keep_going`` a failing run is reported and the sweep goes on; otherwise it raises.
     With ``tensorboard`` (a folder) the round metrics are also logged there, one TensorBoard run
-    per run (:mod:`simulations.tensorboard_log`; needs the ``tensorboard`` extra).
+    per run (:mod:`flwr_byz.simulations.tensorboard_log`; needs the ``tensorboard`` extra).
     """
     if engine not in engines.ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines: {', '.join(engines.ENGINES)}")
     board = None
     if tensorboard is not None:  # before any run: a missing package fails the sweep at once
-        from simulations.tensorboard_log import TensorBoardLogger
+        from flwr_byz.simulations.tensorboard_log import TensorBoardLogger
 
         board = TensorBoardLogger(tensorboard)
     if not verbose:
@@ -250,7 +256,7 @@ def run_experiment(
         write_summary(rows, out_dir)
         print_summary(rows, title=f"{experiment.name} ({engine})")
         if plots:
-            from simulations import plots as plotting
+            from flwr_byz.simulations import plots as plotting
 
             plotting.plot_experiment(outcomes, out_dir)
         print(f"results: {out_dir.resolve()} (summary.csv, one folder per run)", flush=True)

@@ -135,7 +135,8 @@ def model_with_state(
     arrays from the same ``flwr_byz.models.build``). Loading copies each tensor into the model's
     own (like ``load_state_dict``, with its shape check) without rebuilding the ``state_dict``.
 
-    A tensor decoded by ``clients.records.record_to_state`` is not copied when the model already
+    A tensor decoded by ``flwr_byz.clients.records.record_to_state`` is not copied when the model
+    already
     holds it: the last copy into that parameter came from the same (immutable) ``bytes``, and
     neither the parameter nor the decoded tensor changed since (their version counters, which
     every in-place torch operation bumps, are unchanged). Writes that bypass the counter
@@ -186,7 +187,7 @@ def model_with_state(
 
 
 _LOADED_ATTR = "_flwr_byz_loaded"
-_SOURCE_ATTR = "_flwr_byz_source"  # set by clients.records.record_to_state
+_SOURCE_ATTR = "_flwr_byz_source"  # set by flwr_byz.clients.records.record_to_state
 
 
 def _source(value: Tensor) -> bytes | None:

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simulations.experiment import RunConfig
-from simulations.results import RunRecord, RunStore, load_records
+from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.results import RunRecord, RunStore, load_records
 
 INSTALL_HINT = "pip install 'flwr-byz[tensorboard]'"
 

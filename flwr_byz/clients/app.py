@@ -1,9 +1,11 @@
-"""The one Flower ClientApp of flwr-byz (``clients.app:app``), honest or Byzantine by partition.
+"""The one Flower ClientApp of flwr-byz (``flwr_byz.clients.app:app``), honest or Byzantine by
+partition.
 
 Role: ``node_config["partition-id"]`` is Byzantine when it is listed in the run config's
 ``byzantine-partitions`` (or, when that is empty, is among the first ``num-attackers``) and
 ``attack`` is not "none". Train messages may carry, besides ``server-round`` and
-``learning-rate``, keys set by ``clients.adversary.AdversaryGrid``: ``byz-phase`` ("collect" |
+``learning-rate``, keys set by ``flwr_byz.clients.adversary.AdversaryGrid``: ``byz-phase``
+("collect" |
 "real"), ``byz-honest-count`` and ``coordinator-address`` (which override the run config's), and
 for attacks the grid computes once per round (``MaliciousClient.same_for_all``) the ArrayRecord
 ``byz-attack`` (the vector an attacker sends as it is, no coordinator fetch) or the config key
@@ -268,7 +270,8 @@ def evaluate(message: Message, context: Context) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Answer ``clients.adversary.discover_roles``: partition id and whether this node attacks."""
+    """Answer ``flwr_byz.clients.adversary.discover_roles``: partition id and whether this node
+    attacks."""
     cfg = client_config(context)
     role = ConfigRecord(
         {"partition-id": cfg.partition_id, "is-byzantine": cfg.is_byzantine, "attack": cfg.attack}

@@ -7,7 +7,8 @@ on the channel), colluders publish their own honest vector, and each Byzantine c
 its threat model allows, keyed by (run id, round, kind) and ordered by partition id. For attacks
 whose vector is the same for every colluder, the "attack" op computes that vector once per round
 from the vectors the attack may know (the coordinator, not the request, decides which: see
-``clients.malicious.MaliciousClient.coordinator_kind``) and serves the one vector (d floats) to
+``flwr_byz.clients.malicious.MaliciousClient.coordinator_kind``) and serves the one vector (d
+floats) to
 every attacker of the round.
 
 Wire format (never pickle): each frame is a 4-byte big-endian header length, a UTF-8 JSON header,
@@ -24,7 +25,8 @@ error reply, never a traceback. With a shared ``token`` (``--token`` or ``$FLWR_
 TOKEN``) only requests carrying it may publish or fetch; listening beyond loopback without one is
 refused unless explicitly allowed.
 
-Run it standalone with ``python -m clients.coordinator --address HOST:PORT`` or in a thread with
+Run it standalone with ``python -m flwr_byz.clients.coordinator --address HOST:PORT`` or in a
+thread with
 ``start_coordinator("127.0.0.1:0")``.
 """
 
@@ -571,7 +573,7 @@ class CoordinatorClient:
             raise CoordinatorError(
                 f"cannot reach the colluding coordinator at {self.address} "
                 f"(within {self.connect_timeout:g} s): {error}; start it with "
-                f"'python -m clients.coordinator --address {self.address}' or fix "
+                f"'python -m flwr_byz.clients.coordinator --address {self.address}' or fix "
                 "the run config's coordinator-address"
             ) from None
         if self.token is not None:
@@ -650,7 +652,8 @@ class CoordinatorClient:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m clients.coordinator --address HOST:PORT`` serves until interrupted."""
+    """CLI: ``python -m flwr_byz.clients.coordinator --address HOST:PORT`` serves until
+    interrupted."""
     parser = argparse.ArgumentParser(description="flwr-byz colluding coordinator")
     parser.add_argument("--address", default="127.0.0.1:7000", help="host:port to listen on")
     parser.add_argument(

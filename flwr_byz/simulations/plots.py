@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr_byz.metrics import PREFIX, kappa
-from simulations.results import RunRecord, load_records
+from flwr_byz.simulations.results import RunRecord, load_records
 
 PLOTS = {
     "test-accuracy": ("accuracy.png", "test accuracy", False),

@@ -7,12 +7,12 @@ executor replaces the external ``flower-superexec``: one process per SuperNode t
 SuperNode's Runtime API for ClientApp tasks (``AcquireTask``, as ``flower-superexec`` does) and
 runs each one in process, with the steps of Flower's ``flwr-clientapp`` (pull the message,
 context and FAB; install the FAB; load the ClientApp; run it; push the reply and the context).
-Imported modules and per-process caches (``clients.runtime``: data set, partitions, model)
+Imported modules and per-process caches (``flwr_byz.clients.runtime``: data set, partitions, model)
 survive from one message to the next, as in Flower's simulation engine::
 
     flower-supernode --insecure --superlink HOST:PORT --port 9100 --isolation process \\
         --node-config "partition-id=0 num-partitions=4" &
-    python -m clients.warm_superexec --runtime-api-address 127.0.0.1:9100 --insecure \\
+    python -m flwr_byz.clients.warm_superexec --runtime-api-address 127.0.0.1:9100 --insecure \\
         --parent-pid $!
 
 Tasks run one after another (a SuperNode hands out one message at a time). A ClientApp that
@@ -36,9 +36,9 @@ from logging import ERROR, INFO
 from pathlib import Path
 
 _POLL_INTERVAL = 0.2  # s between AcquireTask calls when idle (flower-superexec: 1 s)
-#: The project's packages: imported with this module (``clients/__init__.py`` imports them), and
-#: forgotten before the first task so that a FAB's copy of them is the one its messages run.
-PROJECT_PACKAGES = ("clients", "flwr_byz", "simulations")
+#: The project's package: imported with this module, and forgotten before the first task so that a
+#: FAB's copy of it is the one its messages run.
+PROJECT_PACKAGES = ("flwr_byz",)
 
 
 def forget_project_modules() -> list[str]:

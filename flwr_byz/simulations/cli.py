@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from simulations.experiment import CONFIG_DIR, Experiment, load_experiment
+from flwr_byz.simulations.experiment import CONFIG_DIR, Experiment, load_experiment
 
 QUICK_ROUNDS = 10
 
@@ -60,8 +60,8 @@ def _experiment(args: argparse.Namespace) -> Experiment:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from simulations.runner import run_experiment
-    from simulations.tensorboard_log import TensorBoardUnavailable
+    from flwr_byz.simulations.runner import run_experiment
+    from flwr_byz.simulations.tensorboard_log import TensorBoardUnavailable
 
     experiment = _experiment(args)
     try:
@@ -113,9 +113,9 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from simulations.experiment import RunConfig
-    from simulations.results import load_records
-    from simulations.runner import print_summary, summary_row
+    from flwr_byz.simulations.experiment import RunConfig
+    from flwr_byz.simulations.results import load_records
+    from flwr_byz.simulations.runner import print_summary, summary_row
 
     records = load_records(args.dir)
     rows = [
@@ -126,7 +126,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from simulations.plots import plot_directory
+    from flwr_byz.simulations.plots import plot_directory
 
     for path in plot_directory(args.dir, args.out):
         print(path)
@@ -134,7 +134,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
-    from simulations.tensorboard_log import TensorBoardUnavailable, export_records
+    from flwr_byz.simulations.tensorboard_log import TensorBoardUnavailable, export_records
 
     try:
         folders = export_records(args.dir, args.out)
@@ -150,7 +150,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from simulations.report import write_report
+    from flwr_byz.simulations.report import write_report
 
     for path in write_report(args.dir, args.out or args.dir, plots=not args.no_plot):
         print(path)
@@ -158,7 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
-    from clients import coordinator
+    from flwr_byz.clients import coordinator
 
     forwarded = ["--address", args.address]
     if args.idle_timeout is not None:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clients.honest import flat_gradient
 from flwr_byz import data
-from simulations.experiment import RunConfig
+from flwr_byz.clients.honest import flat_gradient
+from flwr_byz.simulations.experiment import RunConfig
 
 ROOT_KEY = "fltrust-root"  # the generator key of the root set and of its mini-batches
 
@@ -46,7 +46,7 @@ def _unflatten(vector: Tensor, like: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def make_root_update(cfg: RunConfig) -> Any:
     """``server_update_fn(global_arrays, server_round)`` for :class:`flwr_byz.strategy.FLTrust`."""
-    from simulations.server_app import split_and_model  # the evaluator's data and model
+    from flwr_byz.simulations.server_app import split_and_model  # the evaluator's data and model
 
     split, model = split_and_model(cfg)
     root = root_indices(int(split.train_y.numel()), cfg.root_size, cfg.seed)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.plots import round_value
-from simulations.results import RunRecord, load_records
+from flwr_byz.simulations.plots import round_value
+from flwr_byz.simulations.results import RunRecord, load_records
 
 SEED_SUFFIX = re.compile(r"_seed=\d+$")
 REPORT_FIELDS = (
@@ -200,11 +200,12 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
     """One accuracy and one variance-norm-ratio figure per group (n, f, attack).
 
     The title states n, f, the attack, the rules and any pre-aggregation of the cases drawn
-    (:func:`simulations.plots.facts`); coinciding curves are told apart as in
-    :func:`simulations.plots.line_styles`; the variance-norm-ratio figure carries its definition
+    (:func:`flwr_byz.simulations.plots.facts`); coinciding curves are told apart as in
+    :func:`flwr_byz.simulations.plots.line_styles`; the variance-norm-ratio figure carries its
+    definition
     and the Krum / Median thresholds of the group's (n, f).
     """
-    from simulations.plots import (
+    from flwr_byz.simulations.plots import (
         VN_YLABEL,
         _pyplot,
         common_n_f,
@@ -388,7 +389,7 @@ def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> 
     heterogeneity (most homogeneous first), columns f, one panel per defence setting of that
     rule (e.g. with and without pre-aggregation or momentum); drawn for sweeps over more than
     one heterogeneity."""
-    from simulations.plots import _pyplot
+    from flwr_byz.simulations.plots import _pyplot
 
     by_rule: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
