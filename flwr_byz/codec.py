@@ -17,6 +17,8 @@ from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 from numpy.lib import format as npy_format
 
+from flwr_byz.flower_internals import new_array
+
 __all__ = ["array_to_numpy", "decode_arrayrecord", "npy_header", "numpy_to_array"]
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -112,8 +114,7 @@ def numpy_to_array(ndarray: np.ndarray) -> Array:
     body = np.ascontiguousarray(ndarray)
     data = b"".join((header, body.reshape(-1).view(np.uint8).data)) if body.size else header
     # the fields Array(dtype=..., shape=..., stype=..., data=...) sets, without its dispatch
-    array = Array.__new__(Array)
-    array.__dict__.update(dtype=str(dtype), shape=shape, stype=SType.NUMPY, data=data)
+    array = new_array(str(dtype), shape, SType.NUMPY, data)
     return array
 
 

@@ -30,11 +30,18 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_byz.flower_internals import (
+    ensure_task_identity,
+    fill_record,
+    new_array,
+    set_message_id,
+    set_record_items,
+)
 
 __all__ = ["InProcessGrid"]
 
@@ -52,11 +59,7 @@ def _copy_array(array: Array) -> Array:
         return Array(
             dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
         )
-    copied = Array.__new__(Array)
-    copied.__dict__.update(
-        dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
-    )
-    return copied
+    return new_array(array.dtype, tuple(array.shape), array.stype, array.data)
 
 
 def _copy_recorddict(content: RecordDict) -> RecordDict:
@@ -71,17 +74,15 @@ def _copy_recorddict(content: RecordDict) -> RecordDict:
         if isinstance(record, ArrayRecord):
             arrays = ArrayRecord()
             # the entries come from a valid ArrayRecord (str keys, Array values): skip the checks
-            arrays.__dict__["_data"].update(
-                (name, _copy_array(array)) for name, array in record.items()
-            )
+            fill_record(arrays, ((name, _copy_array(array)) for name, array in record.items()))
             records[key] = arrays
         elif isinstance(record, ConfigRecord | MetricRecord):
             # ``copy()`` skips the per-item type checks (the items come from a valid record);
             # lists are copied so that an edit on one node stays there
             copied = record.copy()
-            copied.__dict__["_data"] = {
-                k: list(v) if isinstance(v, list) else v for k, v in record.items()
-            }
+            set_record_items(
+                copied, {k: list(v) if isinstance(v, list) else v for k, v in record.items()}
+            )
             records[key] = copied
         else:  # pragma: no cover - RecordDict holds only the three record types
             records[key] = record
@@ -142,12 +143,7 @@ class InProcessGrid(Grid):
 
     def _ensure_task_identity(self) -> None:
         """Set ``TaskIdentity`` (needed by ``Message(...)``) when no Flower runtime has set it."""
-        if TaskIdentity._run_id is None:  # the getter raises when unset
-            TaskIdentity.run_id = self._run.run_id
-        if TaskIdentity._node_id is None:
-            TaskIdentity.node_id = SUPERLINK_NODE_ID
-        if TaskIdentity._task_id is None:
-            TaskIdentity.task_id = 1
+        ensure_task_identity(self._run.run_id)
 
     # ------------------------------------------------------------ Grid API
     def set_run(self, run: Run | int) -> None:
@@ -179,7 +175,7 @@ class InProcessGrid(Grid):
         message_ids: list[str] = []
         for message in messages:
             message_id = f"inprocess-{next(self._message_counter)}"
-            message.metadata.__dict__["_message_id"] = message_id
+            set_message_id(message.metadata, message_id)
             self._replies[message_id] = self._deliver(message)
             message_ids.append(message_id)
         return message_ids
@@ -238,7 +234,7 @@ class InProcessGrid(Grid):
                 "Message(content, reply_to=message)"
             )
             return self._error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
-        meta.__dict__["_message_id"] = f"inprocess-reply-{next(self._message_counter)}"
+        set_message_id(meta, f"inprocess-reply-{next(self._message_counter)}")
         return reply
 
     @staticmethod

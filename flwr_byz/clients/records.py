@@ -20,6 +20,7 @@ from numpy.lib import format as npy_format
 from torch import Tensor
 
 from flwr_byz.codec import array_to_numpy, npy_header, numpy_to_array
+from flwr_byz.flower_internals import fill_record, new_array
 
 SOURCE_ATTR = "_flwr_byz_source"  # tag on a decoded tensor: (the Array's bytes, its version)
 
@@ -79,9 +80,7 @@ def _encode(values: np.ndarray) -> Array:
     shape = values.shape
     header = _npy_header(values.dtype, shape)
     data = b"".join((header, values.data)) if values.size else header
-    array = Array.__new__(Array)
-    array.__dict__.update(dtype=str(values.dtype), shape=shape, stype=SType.NUMPY, data=data)
-    return array
+    return new_array(str(values.dtype), shape, SType.NUMPY, data)
 
 
 def _plain_dtype(dtype: torch.dtype) -> bool:
@@ -105,7 +104,7 @@ def vector_to_record(vector: Tensor, like: dict[str, Tensor]) -> ArrayRecord:
             stop = start + value.numel()
             items[str(key)] = _encode(values[start:stop].reshape(tuple(value.shape)))
             start = stop
-        record.__dict__["_data"].update(items)
+        fill_record(record, items.items())
         record.is_dirty = True
         return record
     for key, value in like.items():

@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from flwr_byz.flower_internals import set_reply_to
 from flwr_byz.grid_wrapper import GridWrapper
 
 from ._mod import ATTACKED, NEEDS_HONEST, RELAY_ARRAYS, RELAY_CONFIG, _is_train, server_round
@@ -176,7 +177,7 @@ class RelayGrid(GridWrapper):
         pushed = {m.metadata.dst_node_id: m.metadata.message_id for m in later}
         for reply in attacked:
             if original := pushed.get(reply.metadata.src_node_id):
-                reply.metadata.__dict__["_reply_to_message_id"] = original
+                set_reply_to(reply.metadata, original)
         self._note(attacked)
         replies.extend(attacked)
         return replies
