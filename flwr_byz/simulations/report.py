@@ -384,6 +384,17 @@ def worst_case(all_cases: Sequence[Case]) -> list[dict[str, Any]]:
     return out
 
 
+def _panel_titles(defences: list[str], rule: str) -> dict[str, str]:
+    """Each panel's title: its defence setting without the rule and the fields all of the rule's
+    panels share (e.g. its options), or the rule's name when nothing is left."""
+    parts = {d: d.split(", ") for d in defences}
+    common = set.intersection(*(set(p) for p in parts.values())) if parts else set()
+    return {
+        d: ", ".join(x for x in p if x not in common and not x.startswith("rule=")) or rule
+        for d, p in parts.items()
+    }
+
+
 def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
     """Per rule, one figure of heatmaps of the worst final accuracy over the attacks: rows
     heterogeneity (most homogeneous first), columns f, one panel per defence setting of that
@@ -417,6 +428,7 @@ def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> 
             layout="constrained",
         )
         image = None
+        titles = _panel_titles(list(panels), rule)
         for ax, (defence, members) in zip(axes.flat, sorted(panels.items()), strict=False):
             grid = [[math.nan] * len(fs) for _ in hets]
             for r in members:
@@ -426,7 +438,7 @@ def plot_heatmaps(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> 
             ax.set_xticks(range(len(fs)), [str(f) for f in fs])
             ax.set_yticks(range(len(hets)), hets)
             ax.set_xlabel("f (Byzantine workers)")
-            ax.set_title(defence, fontsize="small")
+            ax.set_title(titles[defence], fontsize="small")
             for i, line in enumerate(grid):
                 for j, value in enumerate(line):
                     if not math.isnan(value):
