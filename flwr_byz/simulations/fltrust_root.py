@@ -20,6 +20,7 @@ from torch import Tensor
 from flwr_byz import data
 from flwr_byz.clients.honest import flat_gradient
 from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.simulations.run_data import split_and_model  # the evaluator's data and model
 
 ROOT_KEY = "fltrust-root"  # the generator key of the root set and of its mini-batches
 
@@ -46,7 +47,6 @@ def _unflatten(vector: Tensor, like: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def make_root_update(cfg: RunConfig) -> Any:
     """``server_update_fn(global_arrays, server_round)`` for :class:`flwr_byz.strategy.FLTrust`."""
-    from flwr_byz.simulations.server_app import split_and_model  # the evaluator's data and model
 
     split, model = split_and_model(cfg)
     root = root_indices(int(split.train_y.numel()), cfg.root_size, cfg.seed)

@@ -38,6 +38,7 @@ from flwr_byz.simulations.results import (
     check_same_run,
     identity_json,
 )
+from flwr_byz.simulations.run_data import split_and_model
 
 RoundListener = Callable[[RunConfig, int, dict[str, Any]], None]
 _LISTENERS: list[RoundListener] = []
@@ -293,23 +294,6 @@ def coordinator_for(cfg: RunConfig) -> Iterator[str]:
         yield handle.address
     finally:
         handle.stop()
-
-
-def split_and_model(cfg: RunConfig) -> tuple[Any, torch.nn.Module]:
-    """The run's data split and its model, initialised as every node's (seeded by the run)."""
-    from flwr_byz import data, models
-
-    split = data.load_dataset(
-        cfg.dataset, root=cfg.data_root or None, seed=cfg.seed, test_fraction=cfg.test_fraction
-    )
-    model = models.build(
-        cfg.model,
-        num_classes=split.num_classes,
-        in_shape=tuple(split.train_x.shape[1:]),
-        seed=cfg.seed,
-        init=cfg.init,
-    )
-    return split, model
 
 
 def make_evaluator(cfg: RunConfig) -> tuple[Callable[[ArrayRecord], dict[str, float]], ArrayRecord]:
