@@ -4,10 +4,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+
+def resent(message: Message, records: dict[str, Any]) -> Message:
+    """A new message to the same node, of the same type, TTL and group, with ``records`` as its
+    content (wrappers that change what a node receives; the original is left untouched)."""
+    meta = message.metadata
+    return Message(
+        RecordDict(records),
+        meta.dst_node_id,
+        meta.message_type,
+        ttl=meta.ttl,
+        group_id=meta.group_id,
+    )
 
 
 class GridWrapper(Grid):

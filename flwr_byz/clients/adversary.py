@@ -33,8 +33,8 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from flwr_byz._values import as_int
+from flwr_byz.grid_wrapper import GridWrapper, resent
 
-from .grid_wrapper import GridWrapper
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
 from .malicious import (
     EAVESDROP_KEY,
@@ -65,14 +65,7 @@ def with_config(
     config = dict(records["config"].items()) if "config" in records else {}
     records["config"] = ConfigRecord({**config, **extra})
     records.update(records_extra or {})
-    meta = message.metadata
-    return Message(
-        RecordDict(records),
-        meta.dst_node_id,
-        meta.message_type,
-        ttl=meta.ttl,
-        group_id=meta.group_id,
-    )
+    return resent(message, records)
 
 
 class AdversaryGrid(GridWrapper):

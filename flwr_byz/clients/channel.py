@@ -22,8 +22,8 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from flwr_byz import attacks
+from flwr_byz.grid_wrapper import GridWrapper
 
-from .grid_wrapper import GridWrapper
 from .malicious import attack_generator
 from .records import flatten, record_to_state, vector_to_record
 

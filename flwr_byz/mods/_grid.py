@@ -25,11 +25,11 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_byz.flower_internals import set_reply_to
-from flwr_byz.grid_wrapper import GridWrapper
+from flwr_byz.grid_wrapper import GridWrapper, resent
 
 from ._mod import ATTACKED, NEEDS_HONEST, RELAY_ARRAYS, RELAY_CONFIG, _is_train, server_round
 from ._records import LEGACY_RES, find_arrays, flat, to_arrays
@@ -43,14 +43,7 @@ def _with_relay(message: Message, vectors: np.ndarray, honest: int, byzantine: i
     records = dict(message.content.items())
     records[RELAY_ARRAYS] = ArrayRecord({"vectors": Array(vectors)})
     records[RELAY_CONFIG] = ConfigRecord({"honest-count": honest, "byzantine-count": byzantine})
-    meta = message.metadata
-    return Message(
-        RecordDict(records),
-        meta.dst_node_id,
-        meta.message_type,
-        ttl=meta.ttl,
-        group_id=meta.group_id,
-    )
+    return resent(message, records)
 
 
 def _is_marker(reply: Message) -> bool:

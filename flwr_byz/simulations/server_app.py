@@ -27,7 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_byz.clients.config import pre_steps
-from flwr_byz.clients.grid_wrapper import GridWrapper
+from flwr_byz.grid_wrapper import GridWrapper
 from flwr_byz.metrics import detection_rates, split_prefixed
 from flwr_byz.simulations.experiment import RunConfig, build_experiment, load_spec
 from flwr_byz.simulations.results import (

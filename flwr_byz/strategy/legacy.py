@@ -39,7 +39,7 @@ from flwr.server.strategy import FedAvg
 
 from flwr_byz.metrics import PARTITION_ID_KEY, median_client_metrics
 from flwr_byz.strategy import rules
-from flwr_byz.strategy.core import RobustAggregator, Submission, group_by_reason
+from flwr_byz.strategy.core import Submission, group_by_reason
 from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
@@ -191,22 +191,11 @@ class RobustFedAvg(RobustBase, FedAvg):
             parameters = self._global_parameters
         else:
             parameters = ndarrays_to_parameters(list(new_arrays.values()))
-        if self.fit_metrics_aggregation_fn:
+        user_fn = self.fit_metrics_aggregation_fn
+        if user_fn:
             accepted = [examples[node] for node in report.accepted_node_ids if node in examples]
-            client: dict[str, Any] = {}
-            if accepted:
-                try:
-                    client = dict(self.fit_metrics_aggregation_fn(accepted) or {})
-                except Exception as err:  # a user's function must not end the run on a bad reply
-                    log(
-                        WARNING,
-                        "round %d: fit_metrics_aggregation_fn raised %r; the clients' metrics "
-                        "are their medians this round",
-                        server_round,
-                        err,
-                    )
-                    client = report.client_metrics
-            report.metrics = RobustAggregator.record_metrics(report.diagnostics, client)
+            call = (lambda: user_fn(accepted)) if accepted else None
+            self.apply_user_metrics(server_round, report, "fit_metrics_aggregation_fn", call)
         metrics: dict[str, Any] = dict(report.metrics)
         log(INFO, "aggregate_fit round %d: %s", server_round, metrics)
         return parameters, metrics

@@ -37,7 +37,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array
 from flwr_byz.metrics import PARTITION_ID_KEY, median_client_metrics
 from flwr_byz.strategy import rules
-from flwr_byz.strategy.core import RobustAggregator, Submission, group_by_reason
+from flwr_byz.strategy.core import Submission, group_by_reason
 from flwr_byz.strategy.rules import RobustBase
 
 __all__ = [
@@ -235,20 +235,8 @@ class RobustStrategy(RobustBase, FedAvg):
         if user_fn is not None:
             accepted = set(report.accepted_node_ids)
             contents = [message.content for node, message in matched if node in accepted]
-            client: dict[str, Any] = {}
-            if contents:
-                try:
-                    client = dict(user_fn(contents, self.weighted_by_key) or {})
-                except Exception as err:  # a user's function must not end the run on a bad reply
-                    log(
-                        WARNING,
-                        "round %d: train_metrics_aggr_fn raised %r; the clients' metrics are "
-                        "their medians this round",
-                        server_round,
-                        err,
-                    )
-                    client = report.client_metrics
-            report.metrics = RobustAggregator.record_metrics(report.diagnostics, client)
+            call = (lambda: user_fn(contents, self.weighted_by_key)) if contents else None
+            self.apply_user_metrics(server_round, report, "train_metrics_aggr_fn", call)
         return record, MetricRecord(report.metrics)
 
     # -------------------------------------------------------------- evaluation

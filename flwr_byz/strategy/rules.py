@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -28,6 +29,8 @@ from flwr_byz.gars.preaggregation import Step
 from flwr_byz.metrics import PARTITION_ID_KEY, PREFIX
 from flwr_byz.strategy.core import RobustAggregator, RoundReport, ServerUpdateFn
 from flwr_byz.strategy.server_update import ServerUpdateConfig
+
+_LOG = logging.getLogger("flwr.byz")  # the core's logger (a child of Flower's)
 
 
 def with_options(kwargs: dict[str, Any], **named: Any) -> dict[str, Any]:
@@ -350,6 +353,31 @@ class RobustBase:
             f"'{PARTITION_ID_KEY}' names a node's partition"
         )
         return lines
+
+    def apply_user_metrics(
+        self,
+        server_round: int,
+        report: RoundReport,
+        name: str,
+        aggregate: Callable[[], Mapping[str, Any] | None] | None,
+    ) -> None:
+        """Put a user's aggregation of the clients' metrics (``aggregate()``, the call of their
+        ``name`` function on the accepted replies; None when none was accepted) in place of the
+        medians in ``report.metrics``. A function that raises must not end the run on a bad
+        reply: the medians stay, with a warning."""
+        client: Mapping[str, Any] = {}
+        if aggregate is not None:
+            try:
+                client = dict(aggregate() or {})
+            except Exception as err:
+                _LOG.warning(
+                    "round %d: %s raised %r; the clients' metrics are their medians this round",
+                    server_round,
+                    name,
+                    err,
+                )
+                client = report.client_metrics
+        report.metrics = RobustAggregator.record_metrics(report.diagnostics, client)
 
     @property
     def last_round_report(self) -> RoundReport | None:
