@@ -137,6 +137,19 @@ def vn_caption(n_f: tuple[int, int] | None) -> str:
     )
 
 
+def label_axes(
+    ax: Any, ylabel: str, vn: bool, n_f: tuple[int, int] | None, log: bool, xlabel: str
+) -> None:
+    """Axis labels and scale of a per-round figure; the variance-norm ratio gets its long label
+    and Krum's and Median's thresholds."""
+    if vn:
+        draw_vn_thresholds(ax, n_f)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(VN_YLABEL if vn else ylabel, fontsize="small" if vn else "medium")
+
+
 def draw_vn_thresholds(ax: Any, n_f: tuple[int, int] | None) -> None:
     """Grey horizontal lines at the Krum and Median thresholds of (n, f)."""
     if n_f is None:
@@ -265,12 +278,7 @@ def metric_figure(
         ax.plot(xs, ys, label=label, **kwargs)
     configs = [rec.config for rec in drawn]
     n_f = common_n_f(configs)
-    if vn:
-        draw_vn_thresholds(ax, n_f)
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("round")
-    ax.set_ylabel(VN_YLABEL if vn else ylabel, fontsize="small" if vn else "medium")
+    label_axes(ax, ylabel, vn, n_f, log_scale, "round")
     head = f"{title}: {ylabel}" if title else ylabel
     described = facts(configs)
     ax.set_title(f"{head}\n{described}" if described else head, fontsize="medium")

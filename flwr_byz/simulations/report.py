@@ -206,11 +206,10 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
     and the Krum / Median thresholds of the group's (n, f).
     """
     from flwr_byz.simulations.plots import (
-        VN_YLABEL,
         _pyplot,
         common_n_f,
-        draw_vn_thresholds,
         facts,
+        label_axes,
         line_styles,
         vn_caption,
     )
@@ -265,12 +264,7 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
                 ax.plot(xs, mean, label=text, **kwargs)
                 if seeds > 1:
                     ax.fill_between(xs, low, high, color=kwargs["color"], alpha=0.15)
-            if vn:
-                draw_vn_thresholds(ax, n_f)
-            if log:
-                ax.set_yscale("log")
-            ax.set_xlabel("round (step)")
-            ax.set_ylabel(VN_YLABEL if vn else ylabel, fontsize="small" if vn else "medium")
+            label_axes(ax, ylabel, vn, n_f, log, "round (step)")
             ax.set_title(f"{title}: {ylabel}\n{described}", fontsize="medium")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="x-small", loc="best", title="rule (seeds)")
