@@ -29,8 +29,8 @@ import tempfile
 
 import torch
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.server_app import quiet_flower
 
 N, F, BATCH, LR = 51, 12, 83, 0.1

@@ -33,8 +33,8 @@ import time
 import torch
 
 from flwr_byz import data, models
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.server_app import quiet_flower
 
 N, BATCH, LR = 51, 83, 0.1

@@ -182,36 +182,6 @@ def num_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def flat_params(model: nn.Module) -> Tensor:
-    """A detached copy of all parameters as one ``(d,)`` vector (``model.parameters()`` order).
-
-    Buffers (batch-norm running statistics) are not parameters and are not included."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-
-
-def set_flat_params(model: nn.Module, vector: Tensor) -> None:
-    """Copy a ``(d,)`` vector into the model's parameters, in place (inverse of ``flat_params``)."""
-    total = num_parameters(model)
-    if vector.dim() != 1 or vector.numel() != total:
-        raise ValueError(f"expected a ({total},) vector for this model, got {tuple(vector.shape)}")
-    offset = 0
-    with torch.no_grad():
-        for parameter in model.parameters():
-            size = parameter.numel()
-            parameter.copy_(vector[offset : offset + size].view_as(parameter))
-            offset += size
-
-
-def flat_grad(model: nn.Module) -> Tensor:
-    """The parameters' ``.grad`` as one ``(d,)`` vector; zeros where a gradient is missing."""
-    return torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
-            for p in model.parameters()
-        ]
-    ).clone()
-
-
 def l2_penalty(model: nn.Module, weight_decay: float) -> Tensor:
     """``weight_decay / 2 * ||theta||^2``: its gradient ``weight_decay * theta`` is SGD's weight
     decay, the papers' l2 regularisation."""

@@ -27,11 +27,13 @@ from .registry import (
     Attack,
     get,
     knowledge,
+    same_for_all,
 )
 
 __all__ = [
     "KNOWLEDGE",
     "knowledge",
+    "same_for_all",
     "BACKDOOR_TARGET",
     "BEYOND_NAMES",
     "BEYOND_OMNISCIENT",

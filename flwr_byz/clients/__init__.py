@@ -4,9 +4,10 @@ The ClientApp itself is ``flwr_byz.clients.app:app`` (imported lazily: importing
 cheap).
 """
 
+from flwr_byz.schema import ClientConfig
+
 from .adversary import AdversaryGrid, discover_roles, needs_for_run_config
 from .channel import ChannelFaultGrid
-from .config import ClientConfig
 from .coordinator import (
     CoordinatorClient,
     CoordinatorError,

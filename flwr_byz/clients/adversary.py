@@ -216,28 +216,34 @@ def _reply_vector(reply: Message) -> Tensor:
 def _shared_attack(
     run_config: Mapping[str, Any], partition_of: Mapping[int, int]
 ) -> tuple[MaliciousClient | None, int]:
-    """The run's malicious client when its vector is ``same_for_all``, and the attackers' count."""
-    from .config import ClientConfig
+    """The run's malicious client when its vector is the same for every colluder (the threat
+    model of ``flwr_byz.attacks`` says so), and the attackers' count. Such a vector depends on
+    the known vectors, n and f only, so the role is built for node 0's view of the run."""
+    from flwr_byz import attacks
+    from flwr_byz.schema import ClientConfig
+
     from .malicious import make_malicious_client
 
     if not partition_of:
         raise ValueError("AdversaryGrid: run_config needs partition_of (from discover_roles)")
     node = {"partition-id": 0, "num-partitions": len(partition_of)}
     cfg = ClientConfig.from_configs(run_config, node)
-    if cfg.attack == "none":
-        return None, 0
-    client = make_malicious_client(cfg)
-    return (client if client.same_for_all else None), cfg.num_attackers
+    attackers = len(cfg.byzantine_partition_ids)
+    if not attacks.same_for_all(cfg.attack, cfg.attack_options):
+        return None, attackers
+    return make_malicious_client(cfg), attackers
 
 
 def needs_for_run_config(run_config: Mapping[str, Any], num_partitions: int) -> str:
-    """What the run's adversary must know each round ("omniscient", "colluders", "own" or
-    "none"), from the run config alone (for the ServerApp's ``AdversaryGrid``)."""
-    from .app import adversary_needs  # the ClientApp module: imported only when asked
-    from .config import ClientConfig
+    """What the run's adversary must know each round ("omniscient", "colluders", "own", "channel"
+    or "none"), from the run config's attack and its options (for the ServerApp's
+    ``AdversaryGrid``); ``num_partitions`` is not needed and kept for callers."""
+    from flwr_byz import attacks
+    from flwr_byz.schema import NO_ATTACK, parse_json_options
 
-    node = {"partition-id": 0, "num-partitions": int(num_partitions)}
-    return adversary_needs(ClientConfig.from_configs(run_config, node))
+    name = str(run_config.get("attack", NO_ATTACK) or NO_ATTACK)
+    options = parse_json_options(run_config.get("attack-options"), "attack-options")
+    return attacks.knowledge(name, options)
 
 
 def discover_roles(

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from flwr_byz import attacks
 from flwr_byz._values import as_float, as_int
+from flwr_byz.schema import ClientConfig
 
-from .config import ClientConfig
 from .coordinator import CoordinatorClient, CoordinatorError
 from .honest import LocalResult, evaluate_model, honest_update
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
@@ -46,7 +46,7 @@ from .malicious import (
 from .records import record_to_state, vector_to_record
 from .runtime import client_device, dataset_for, model_with_state, shard_indices
 
-__all__ = ["adversary_needs", "app", "client_config", "handle_train"]
+__all__ = ["app", "client_config", "handle_train"]
 
 app = ClientApp()
 
@@ -74,13 +74,6 @@ def client_config(context: Context) -> ClientConfig:
     except TypeError:  # an unhashable value: parse without the cache
         return ClientConfig.from_configs(context.run_config, context.node_config)
     return _cached_config(run_key, node_key)
-
-
-def adversary_needs(cfg: ClientConfig) -> str:
-    """What the run's adversary must know each round: "none", "own", "colluders", "omniscient"."""
-    if cfg.attack == "none":
-        return "none"
-    return make_malicious_client(cfg).needs  # depends on the attack and its options only
 
 
 def _train_config(message: Message) -> ConfigRecord:
@@ -166,16 +159,15 @@ def handle_train(message: Message, context: Context) -> Message:
     train_config = _train_config(message)
     rnd = as_int(train_config.get("server-round", 0), "server-round")
     state = _arrays_state(message)
-    needs = adversary_needs(cfg)
-
     if not cfg.is_byzantine:
         result = honest_update(cfg, context, state, rnd)
         # the adversary eavesdrops on what honest nodes send (unless AdversaryGrid reads it)
-        if needs == "omniscient" and bool(train_config.get(EAVESDROP_KEY, True)):
+        omniscient = cfg.attack_knowledge == "omniscient"
+        if omniscient and bool(train_config.get(EAVESDROP_KEY, True)):
             _eavesdrop(cfg, train_config, context.run_id, rnd, result.vector)
         return _reply(message, result.vector, state, result.loss, result.num_examples)
     try:
-        return _byzantine_train(message, context, cfg, train_config, rnd, state, needs)
+        return _byzantine_train(message, context, cfg, train_config, rnd, state)
     except CoordinatorError as error:
         return _attack_failed(message, cfg, rnd, error)
 
@@ -187,12 +179,12 @@ def _byzantine_train(
     train_config: ConfigRecord,
     rnd: int,
     state: dict[str, Tensor],
-    needs: str,
 ) -> Message:
     """The Byzantine node's round (``handle_train``); coordinator failures propagate."""
     client = make_malicious_client(cfg)
+    needs = client.needs  # the role's: a channel fault's sender role knows its own vector
     honest_count = as_int(train_config.get(HONEST_COUNT_KEY, cfg.num_honest), HONEST_COUNT_KEY)
-    attackers = cfg.num_attackers
+    attackers = cfg.attackers
     inputs = AttackInputs(
         cfg=cfg,
         context=context,
@@ -248,7 +240,7 @@ def evaluate(message: Message, context: Context) -> Message:
     ``backdoor-accuracy`` (every node reports it, so the metric keys agree across replies)."""
     cfg = client_config(context)
     split = dataset_for(cfg)
-    model = model_with_state(cfg, _arrays_state(message), client_device(cfg.device))
+    model = model_with_state(cfg, _arrays_state(message), client_device(cfg.client_device))
     loss, accuracy = evaluate_model(model, split.test_x, split.test_y)
     values: dict[str, int | float | list[int] | list[float]] = {
         "eval-loss": loss,

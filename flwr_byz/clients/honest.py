@@ -20,8 +20,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from torch import Tensor, nn
 
 from flwr_byz._values import as_float, as_int
+from flwr_byz.layout import is_aggregated
+from flwr_byz.models import loss_fn
+from flwr_byz.schema import ClientConfig
 
-from .config import ClientConfig
 from .records import flatten
 from .runtime import client_device, dataset_for, model_with_state, shard_indices, state_slots
 
@@ -39,15 +41,6 @@ class LocalResult:
     num_examples: int
 
 
-def _loss(log_probs: Tensor, labels: Tensor) -> Tensor:
-    """NLL on the models' log-softmax outputs (``flwr_byz.models.loss_fn`` when available)."""
-    try:
-        from flwr_byz.models import loss_fn
-    except ImportError:  # pragma: no cover - models land separately
-        return nn.functional.nll_loss(log_probs, labels)
-    return loss_fn(log_probs, labels)
-
-
 def flat_gradient(
     model: nn.Module,
     images: Tensor,
@@ -55,18 +48,21 @@ def flat_gradient(
     weight_decay: float = 0.0,
     clip_norm: float = 0.0,
 ) -> tuple[Tensor, float]:
-    """Flat gradient of the batch loss over the whole ``state_dict`` (buffers get 0), and the loss.
+    """Flat gradient of the batch loss in the layout of ``flwr_byz.layout`` (the floating entries
+    of the ``state_dict``; float buffers get 0), and the loss.
 
     ``weight_decay`` adds the l2-regularisation term ``weight_decay * theta`` to each parameter's
     gradient; ``clip_norm > 0`` rescales the whole vector to l2 norm at most ``clip_norm``."""
     if not all(module.training for module in model.modules()):
         model.train()  # a no-op when already training, but ~15 us per call on a small MLP
     model.zero_grad(set_to_none=True)
-    loss = _loss(model(images), labels)
+    loss = loss_fn(model(images), labels)
     loss.backward()
     parts = []
     _, values, params = state_slots(model)  # the state_dict's tensors, cached on the model
     for value, param in zip(values, params, strict=True):
+        if not is_aggregated(value.dtype):  # integer buffers are not in the vector
+            continue
         if param is None or param.grad is None:
             parts.append(torch.zeros(value.numel(), dtype=torch.float32, device=value.device))
             continue
@@ -103,7 +99,7 @@ def honest_gradient(
     cfg: ClientConfig, state: dict[str, Tensor], rnd: int, label_map: LabelMap | None = None
 ) -> LocalResult:
     """One mini-batch gradient at the received model (``label_map``: relabelling, label flip)."""
-    device = client_device(cfg.device)
+    device = client_device(cfg.client_device)
     model = model_with_state(cfg, state, device)
     images, labels = minibatch(cfg, rnd)
     if label_map is not None:
@@ -120,7 +116,7 @@ def local_sgd(
     """``local-epochs`` of SGD (``local-lr``) over the shard from the received model; weights out.
 
     Batches follow a permutation seeded by (seed, partition, round, epoch)."""
-    device = client_device(cfg.device)
+    device = client_device(cfg.client_device)
     model = model_with_state(cfg, state, device)
     split, indices = dataset_for(cfg), shard_indices(cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.local_lr, weight_decay=cfg.weight_decay)
@@ -136,7 +132,7 @@ def local_sgd(
             if label_map is not None:
                 labels = label_map(labels)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model(images), labels.to(device))
+            loss = loss_fn(model(images), labels.to(device))
             loss.backward()
             if cfg.clip_grad > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -260,6 +256,6 @@ def evaluate_model(model: nn.Module, images: Tensor, labels: Tensor) -> tuple[fl
     device = next(model.parameters()).device
     log_probs = model(images.to(device))
     labels = labels.to(device)
-    loss = float(_loss(log_probs, labels))
+    loss = float(loss_fn(log_probs, labels))
     accuracy = float((log_probs.argmax(dim=1) == labels).to(torch.float64).mean())
     return loss, accuracy

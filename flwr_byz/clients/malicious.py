@@ -13,7 +13,6 @@ coordinator.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,8 +22,9 @@ from flwr.app import Context
 from torch import Tensor, nn
 
 from flwr_byz import attacks
+from flwr_byz.layout import is_aggregated, state_dim
+from flwr_byz.schema import ClientConfig, pre_steps
 
-from .config import ClientConfig
 from .honest import LocalResult, honest_update
 from .runtime import client_device, dataset_for, model_with_state, shard_indices
 
@@ -33,6 +33,12 @@ SHARED_VECTOR_KEY = "byz-attack"  # ArrayRecord of a Byzantine train message: th
 SHARED_VECTOR_ARRAY = "vector"  # its one array, the flat float32 attack vector
 SHARED_ERROR_KEY = "byz-attack-error"  # config key: why the adversary could not compute it
 EAVESDROP_KEY = "byz-eavesdrop"  # config key of honest messages: False = the grid reads replies
+# defaults of the options the roles read themselves (the attack functions' own are in their
+# signatures): the gambler's shard count, the backdoor's triggered images, mimic's warm-up rounds
+GAMBLER_SHARDS = 10
+SPEC_MAX_COUNT = 1 << 20  # the largest n or f an attack spec may name
+BACKDOOR_SAMPLES = 1000
+MIMIC_WARMUP = 1
 
 
 def attack_generator(*parts: object) -> torch.Generator:
@@ -68,23 +74,30 @@ class MaliciousClient:
     """Base class: ``submit`` returns the ``(d,)`` vector sent in place of the honest one."""
 
     name: ClassVar[str] = ""
-    knowledge: ClassVar[str] = "own"
+    #: the registry's entry (``flwr_byz.attacks``): options, threat model, same-for-all
+    attack: ClassVar[attacks.Attack]
     allowed_options: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.attack = attacks.get(cls.name)
+        cls.allowed_options = cls.attack.options
+
     def __init__(self, cfg: ClientConfig) -> None:
-        unknown = set(cfg.attack_options) - self.allowed_options
-        if unknown:
-            raise ValueError(
-                f"attack {self.name!r} does not take option(s) {sorted(unknown)}; "
-                f"it takes {sorted(self.allowed_options) or 'none'}"
-            )
+        self.attack.check_options(cfg.attack_options)
         self.cfg = cfg
         self.options: dict[str, Any] = dict(cfg.attack_options)
 
     @property
     def needs(self) -> str:
-        """What the client must know this round: one of ``KNOWLEDGE``."""
-        return self.knowledge
+        """What the client must know this round: one of ``KNOWLEDGE`` (the registry's threat
+        model; a channel fault's sender role knows its own vector)."""
+        knows = self.attack.knowledge(self.options)
+        return "own" if knows == "channel" else knows
+
+    def function_options(self) -> dict[str, Any]:
+        """The options the user set that go to the attack function (defaults stay there)."""
+        return self.attack.function_options(self.options)
 
     def own_vector(self, inputs: AttackInputs) -> Tensor:
         if inputs.own is None:
@@ -105,7 +118,7 @@ class MaliciousClient:
         """Whether every colluder sends the same vector, a function of n, f and the vectors it
         may know only (``from_known``: the round's honest vectors, or the colluders' own when
         ``needs`` is "colluders"): the adversary may compute it once per round."""
-        return False
+        return self.attack.same_for_all
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         """The attack vector from the known honest vectors (``same_for_all`` attacks only)."""
@@ -147,29 +160,18 @@ class AlieClient(MaliciousClient):
     ("sample", default, or "population": the std's divisor k - 1 or k)."""
 
     name = "alie"
-    allowed_options = frozenset({"z", "omniscient", "sigma"})
-
-    @property
-    def needs(self) -> str:
-        return attacks.knowledge(self.name, self.options)  # the threat model's one place
-
-    same_for_all = True  # type: ignore[assignment]  # from all honest or the colluders' own
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
-        sigma = str(self.options.get("sigma", "sample"))
-        return attacks.alie(known, n, f, z=self.options.get("z"), sigma=sigma)
+        return attacks.alie(known, n, f, **self.function_options())
 
 
 class IpmClient(MaliciousClient):
     """Inner product manipulation ``-eps g_bar`` (option ``eps``, 0.1)."""
 
-    name, knowledge = "ipm", "omniscient"
-    allowed_options = frozenset({"eps"})
-
-    same_for_all = True  # type: ignore[assignment]
+    name = "ipm"
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
-        return attacks.ipm(known, n, f, eps=float(self.options.get("eps", 0.1)))
+        return attacks.ipm(known, n, f, **self.function_options())
 
 
 class LpCoordinateClient(MaliciousClient):
@@ -177,12 +179,7 @@ class LpCoordinateClient(MaliciousClient):
     ``rule`` and ``rule-options`` (options ``norm`` "inf"|"l2"|"l1", ``coordinate``, and the search
     keywords of ``flwr_byz.attacks.lp_coordinate_gamma``)."""
 
-    name, knowledge = "lp_coordinate", "omniscient"
-    allowed_options = frozenset(
-        {"norm", "coordinate", "initial_gamma", "max_doublings", "max_bisections", "rtol"}
-    )
-
-    same_for_all = True  # type: ignore[assignment]
+    name = "lp_coordinate"
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         vector = attacks.lp_coordinate(
@@ -212,8 +209,6 @@ class _Chain:
 def deployed_rule(cfg: ClientConfig) -> Any:
     """What the defence-aware attacks search against: the rule name, or the whole chain when
     the run pre-aggregates (``pre``)."""
-    from .config import pre_steps
-
     steps = pre_steps(cfg.pre)
     return _Chain(steps, cfg.rule) if steps else cfg.rule
 
@@ -225,9 +220,7 @@ class MimicClient(MaliciousClient):
     once per round (``AdversaryGrid``) keeps ``i*`` across rounds; a fresh client (the
     coordinator path) chooses it every round."""
 
-    name, knowledge = "mimic", "omniscient"
-    allowed_options = frozenset({"warmup"})
-    same_for_all = True  # type: ignore[assignment]
+    name = "mimic"
 
     def __init__(self, cfg: ClientConfig) -> None:
         super().__init__(cfg)
@@ -236,7 +229,7 @@ class MimicClient(MaliciousClient):
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         self._rounds += 1
-        warmup = int(self.options.get("warmup", 1))
+        warmup = int(self.options.get("warmup", MIMIC_WARMUP))
         vector, self._index = attacks.mimic_step(known, n, f, self._rounds, self._index, warmup)
         return vector
 
@@ -245,9 +238,7 @@ class MinMaxClient(MaliciousClient):
     """Min-max (Shejwalkar, Houmansadr 2021): ``g_bar + gamma p`` no farther from any honest
     vector than the honest diameter; options of ``flwr_byz.attacks.minmax``."""
 
-    name, knowledge = "minmax", "omniscient"
-    allowed_options = frozenset({"direction", "gamma_init", "rtol"})
-    same_for_all = True  # type: ignore[assignment]
+    name = "minmax"
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         return attacks.minmax(known, n, f, **self.options)
@@ -267,8 +258,7 @@ class FangClient(MaliciousClient):
     extremes against the mean's sign (option ``b``, 2); each colluder its own draw, seeded per
     (seed, partition, round)."""
 
-    name, knowledge = "fang", "omniscient"
-    allowed_options = frozenset({"b"})
+    name = "fang"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         known = self.known_vectors(inputs)
@@ -280,9 +270,7 @@ class FangSelectionClient(MaliciousClient):
     """Fang et al. against selection rules: ``-lambda sign(g_bar)``, lambda the largest the
     deployed rule (and chain) still selects; options ``upper``, ``threshold``."""
 
-    name, knowledge = "fang_selection", "omniscient"
-    allowed_options = frozenset({"upper", "threshold"})
-    same_for_all = True  # type: ignore[assignment]
+    name = "fang_selection"
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
         return attacks.fang_selection(
@@ -299,14 +287,10 @@ class AlieOptClient(MaliciousClient):
     """Defence-aware ALIE (ByzFL's optimised ALIE): z in [low, high] maximising the deployed
     chain's deviation from the honest mean; options ``low``, ``high``, ``grid``, ``refine``."""
 
-    name, knowledge = "alie_opt", "omniscient"
-    allowed_options = frozenset({"low", "high", "grid", "refine"})
-    same_for_all = True  # type: ignore[assignment]
+    name = "alie_opt"
     search = staticmethod(attacks.alie_opt)
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
-        from .config import pre_steps
-
         return self.search(
             known,
             n,
@@ -328,33 +312,28 @@ class IpmOptClient(AlieOptClient):
 class GaussianClient(MaliciousClient):
     """I.i.d. ``N(0, std^2)`` (option ``std``, 200), seeded per (seed, partition, round)."""
 
-    name, knowledge = "gaussian", "none"
-    allowed_options = frozenset({"std"})
+    name = "gaussian"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
-        d = sum(value.numel() for value in inputs.state.values())
+        d = state_dim(inputs.state)
         like = torch.zeros((1, d), dtype=torch.float32)
-        std = float(self.options.get("std", 200.0))
-        return attacks.gaussian(like, inputs.n, inputs.f, std=std, generator=inputs.generator())
+        options = self.function_options()
+        return attacks.gaussian(like, inputs.n, inputs.f, generator=inputs.generator(), **options)
 
 
 class OmniscientNegativeClient(MaliciousClient):
     """Phocas paper's omniscient attack ``-scale * sum(honest)`` (option ``scale``, 1e20)."""
 
-    name, knowledge = "omniscient_negative", "omniscient"
-    allowed_options = frozenset({"scale"})
-
-    same_for_all = True  # type: ignore[assignment]
+    name = "omniscient_negative"
 
     def from_known(self, known: Tensor, n: int, f: int) -> Tensor:
-        scale = float(self.options.get("scale", 1e20))
-        return attacks.omniscient_negative(known, n, f, scale=scale)
+        return attacks.omniscient_negative(known, n, f, **self.function_options())
 
 
 class SignFlipClient(MaliciousClient):
     """``-g``: the negated own honest vector (gradient, momentum or weights)."""
 
-    name, knowledge = "sign_flip", "own"
+    name = "sign_flip"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         return attacks.sign_flip(self.own_vector(inputs))
@@ -363,7 +342,7 @@ class SignFlipClient(MaliciousClient):
 class LabelFlipClient(MaliciousClient):
     """Honest training on labels ``l -> C - 1 - l`` (data poisoning)."""
 
-    name, knowledge = "label_flip", "own"
+    name = "label_flip"
 
     def honest_result(self, inputs: AttackInputs) -> LocalResult:
         classes = dataset_for(inputs.cfg).num_classes
@@ -384,16 +363,15 @@ class BitFlipClient(MaliciousClient):
     For the channel model proper (any received value) use
     ``flwr_byz.clients.channel.ChannelFaultGrid``."""
 
-    name, knowledge = "bit_flip", "own"
-    allowed_options = frozenset({"coordinates", "bits"})
+    name = "bit_flip"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         own = self.own_vector(inputs).to(torch.float32)
-        count = min(int(self.options.get("coordinates", 1000)), own.numel())
-        rank, attackers = inputs.cfg.attacker_rank, max(inputs.cfg.num_attackers, 1)
-        columns = torch.arange(rank, count, attackers, device=own.device)
-        bits = tuple(self.options.get("bits", (22, 30, 31, 32)))
-        return attacks.bit_flip(own.unsqueeze(0), 1, coordinates=columns, bits=bits)[0]
+        options = self.function_options()
+        count = int(options.pop("coordinates", self.attack.default("coordinates")))
+        rank, attackers = inputs.cfg.attacker_rank, max(inputs.cfg.attackers, 1)
+        columns = torch.arange(rank, min(count, own.numel()), attackers, device=own.device)
+        return attacks.bit_flip(own.unsqueeze(0), 1, coordinates=columns, **options)[0]
 
 
 class GamblerClient(MaliciousClient):
@@ -402,23 +380,22 @@ class GamblerClient(MaliciousClient):
     with ``probability`` (0.0005). Options: ``shards`` (10), ``probability``, ``scale``, ``shard``.
     """
 
-    name, knowledge = "gambler", "own"
-    allowed_options = frozenset({"shards", "probability", "scale", "shard"})
+    name = "gambler"
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         own = self.own_vector(inputs)
-        shards = int(self.options.get("shards", 10))
-        shard = self.options.get("shard")
+        options = self.function_options()
+        shards = int(options.pop("shards", GAMBLER_SHARDS))
+        shard = options.pop("shard", None)
         if shard is None:
             shared = attack_generator(inputs.cfg.seed, "gambler-shard", inputs.rnd)
             shard = int(torch.randint(shards, (1,), generator=shared))
         return attacks.gambler(
             own.unsqueeze(0),
             shards,
-            probability=float(self.options.get("probability", 0.0005)),
-            scale=float(self.options.get("scale", -1e20)),
             generator=inputs.generator("gambler"),
             shard=int(shard),
+            **options,
         )[0]
 
 
@@ -435,13 +412,16 @@ class _StepModel(nn.Module):
         self.scale = float(scale)
         self.origin = {key: value.detach() for key, value in origin.items()}
         self.parameter_names = {name for name, _ in base.named_parameters()}
-        total = sum(value.numel() for value in origin.values())
+        total = state_dim(origin)  # the vector's layout (flwr_byz.layout)
         device = next(iter(origin.values())).device
         self.vector = nn.Parameter(torch.zeros(total, dtype=torch.float32, device=device))
 
     def forward(self, images: Tensor) -> Tensor:
         tensors, start = {}, 0
         for key, value in self.origin.items():
+            if not is_aggregated(value.dtype):  # integer buffers are not in the vector
+                tensors[key] = value
+                continue
             stop = start + value.numel()
             if key in self.parameter_names:
                 piece = self.vector[start:stop].reshape(value.shape)
@@ -460,18 +440,13 @@ class AlieBackdoorClient(MaliciousClient):
     the colluders' own. In gradient mode the trained model is ``theta - lr_server V``."""
 
     name = "alie_backdoor"
-    allowed_options = frozenset({"z", "alpha", "steps", "lr", "samples", "omniscient"})
-
-    @property
-    def needs(self) -> str:
-        return attacks.knowledge(self.name, self.options)  # the threat model's one place
 
     def submit(self, inputs: AttackInputs) -> Tensor:
         from flwr_byz import data
 
         cfg = inputs.cfg
         known = self.known_vectors(inputs)
-        device = client_device(cfg.device)
+        device = client_device(cfg.client_device)
         base = model_with_state(cfg, inputs.state, device)
         origin = {key: value.to(device) for key, value in inputs.state.items()}
         if cfg.update_mode == "gradient":
@@ -481,16 +456,13 @@ class AlieBackdoorClient(MaliciousClient):
             zero = {k: torch.zeros_like(v) if k in params else v for k, v in origin.items()}
             wrapper = _StepModel(base, zero, 1.0)
         split, indices = dataset_for(cfg), shard_indices(cfg)
-        samples = min(int(self.options.get("samples", 1000)), indices.numel())
+        samples = min(int(self.options.get("samples", BACKDOOR_SAMPLES)), indices.numel())
         picks = indices[torch.randperm(indices.numel(), generator=inputs.generator("bd"))[:samples]]
         return attacks.alie_backdoor(
             wrapper,
             split.train_x[picks].to(device),
             known.to(device),
-            z=float(self.options.get("z", 0.2)),
-            alpha=float(self.options.get("alpha", 0.2)),
-            steps=int(self.options.get("steps", 5)),
-            learning_rate=float(self.options.get("lr", 0.1)),
+            **self.function_options(),
             trigger_value=data.max_intensity(cfg.dataset),
         ).to(torch.float32)
 
@@ -543,13 +515,17 @@ def client_for_spec(spec: Any) -> MaliciousClient:
         raise ValueError("attack spec: 'attack' and 'rule' must be strings")
     if not isinstance(options, dict) or not isinstance(rule_options, dict):
         raise ValueError("attack spec: 'options' and 'rule_options' must be JSON objects")
-    run_config = {
-        "attack": name,
-        "attack-options": json.dumps(options),
-        "rule": rule,
-        "rule-options": json.dumps(rule_options),
-    }
-    cfg = ClientConfig.from_configs(run_config, {"partition-id": 0, "num-partitions": 1})
+    # the role of the spec's attack against its rule: a vector of n, f and the known vectors
+    # only, so node 0 of a federation large enough for any rule stands for every colluder
+    cfg = ClientConfig(
+        attack=name,
+        attack_options=options,
+        rule=rule,
+        rule_options=rule_options,
+        num_clients=SPEC_MAX_COUNT,
+        partition_id=0,
+        num_partitions=1,
+    )
     client = make_malicious_client(cfg)
     if client.coordinator_kind is None:
         raise ValueError(f"attack {name!r} is not computed by the coordinator")
@@ -563,7 +539,11 @@ def vector_for_spec(spec: dict[str, Any], known: Tensor) -> Tensor:
     counts = []
     for key in ("n", "f"):
         value = spec.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= SPEC_MAX_COUNT
+        ):
             raise ValueError(f"attack spec: {key!r} must be an integer in [0, 2^20], got {value!r}")
         counts.append(value)
     n, f = counts

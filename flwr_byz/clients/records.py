@@ -1,16 +1,15 @@
 """Conversions between Flower's ``ArrayRecord`` and one flat torch vector (the attacks' view).
 
 Aggregation and attacks treat the model as one flat vector; replies must carry the model's keys,
-shapes and dtypes. The flat order is the record's key order.
+shapes and dtypes. The vector is ``flwr_byz.layout``'s, the server's too: the floating arrays in
+the record's key order.
 
-Decoding and encoding go through ``flwr_byz.strategy.message_api``'s ``array_to_numpy`` and
+Decoding and encoding go through ``flwr_byz.codec``'s ``array_to_numpy`` and
 ``numpy_to_array`` (Flower's ``.npy`` format, headers memoised per dtype and shape): the same
 arrays and bytes as ``Array.numpy()`` / ``Array(ndarray)``, without re-parsing every header.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from flwr_byz.codec import array_to_numpy, npy_header, numpy_to_array
 from flwr_byz.flower_internals import fill_record, new_array
+from flwr_byz.layout import flatten_state, is_aggregated, state_dim, unflatten_state
 
 SOURCE_ATTR = "_flwr_byz_source"  # tag on a decoded tensor: (the Array's bytes, its version)
 
@@ -42,32 +42,15 @@ def record_to_state(arrays: ArrayRecord) -> dict[str, Tensor]:
 
 
 def flatten(state: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
-    """Concatenate the tensors of ``state`` (key order) into one ``(d,)`` vector of ``dtype``."""
-    if not state:
-        raise ValueError("cannot flatten an empty model state")
-    return torch.cat([value.detach().reshape(-1).to(dtype) for value in state.values()])
-
-
-def _check_length(vector: Tensor, like: dict[str, Tensor]) -> None:
-    total = sum(value.numel() for value in like.values())
-    if vector.dim() != 1 or vector.numel() != total:
-        raise ValueError(
-            f"vector of shape {tuple(vector.shape)} does not match the model's {total} values"
-        )
+    """The state's flat vector (``flwr_byz.layout``: its floating tensors in key order)."""
+    return flatten_state(state, dtype)
 
 
 def unflatten(vector: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Split ``vector`` back into ``like``'s keys, shapes and dtypes (CPU)."""
-    _check_length(vector, like)
-    out, start = {}, 0
-    for key, value in like.items():
-        stop = start + value.numel()
-        out[key] = vector[start:stop].detach().to("cpu", value.dtype).reshape(value.shape).clone()
-        start = stop
-    return out
+    """``like``'s keys, shapes and dtypes (CPU) from the flat ``vector`` (``flwr_byz.layout``)."""
+    return unflatten_state(vector, like)
 
 
-@functools.lru_cache(maxsize=256)
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-ordered array of ``dtype`` and ``shape``."""
     descr = npy_format.dtype_to_descr(dtype)
@@ -88,13 +71,18 @@ def _plain_dtype(dtype: torch.dtype) -> bool:
 
 
 def vector_to_record(vector: Tensor, like: dict[str, Tensor]) -> ArrayRecord:
-    """``vector`` as an ``ArrayRecord`` with ``like``'s keys, shapes and dtypes.
+    """``vector`` as an ``ArrayRecord`` with ``like``'s keys, shapes and dtypes (the layout of
+    ``flwr_byz.layout``: the floating arrays from the vector, the others from ``like``).
 
     Same bytes as encoding each piece with ``Array(ndarray)``. When the vector already has every
     key's dtype (the usual float32 model), the pieces are numpy views of one CPU buffer, each
     encoded with one copy from a memoised header, and the record is filled without Flower's
     per-item type checks (the keys are the model's ``str`` keys, the values ``Array``)."""
-    _check_length(vector, like)
+    dim = state_dim(like)
+    if vector.dim() != 1 or vector.numel() != dim:
+        raise ValueError(
+            f"vector of shape {tuple(vector.shape)} does not match the model's {dim} values"
+        )
     flat = vector.detach().to("cpu")
     record, start = ArrayRecord(), 0
     if _plain_dtype(flat.dtype) and all(value.dtype == flat.dtype for value in like.values()):
@@ -108,6 +96,9 @@ def vector_to_record(vector: Tensor, like: dict[str, Tensor]) -> ArrayRecord:
         record.is_dirty = True
         return record
     for key, value in like.items():
+        if not is_aggregated(value.dtype):
+            record[key] = numpy_to_array(value.detach().to("cpu").numpy())
+            continue
         stop = start + value.numel()
         piece = flat[start:stop].to(value.dtype).reshape(value.shape)
         record[key] = numpy_to_array(piece.numpy())  # the encoder copies the bytes

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from flwr_byz.data import DataSplit
-
-    from .config import ClientConfig
+    from flwr_byz.schema import ClientConfig
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,7 +64,7 @@ def shard_indices(cfg: ClientConfig) -> Tensor:
         cfg.dirichlet_alpha,
         cfg.similarity_gamma,
         # label_sorted / gamma_similarity: the attackers sample i.i.d. from the whole set
-        cfg.byzantine_partitions if cfg.attack != "none" else (),
+        tuple(cfg.byzantine_partition_ids),
     )
     return parts[cfg.partition_id]
 

@@ -6,6 +6,7 @@ Definitions: ``ALGORITHMS.md`` (El Mhamdi et al. 2018; Xie et al. 2018; El-Mhamd
 Never imports flwr.
 """
 
+from ._checks import rows_checked
 from ._distances import pairwise_squared_distances
 from ._types import Aggregation
 from .average import average
@@ -31,6 +32,7 @@ from .preaggregation import (
 from .registry import BEYOND_NAMES, NAMES, Rule, aggregate, get
 
 __all__ = [
+    "rows_checked",
     "BEYOND_NAMES",
     "NAMES",
     "PRE_NAMES",

@@ -7,8 +7,32 @@ Errors are ``ValueError`` (``TypeError`` for wrong types) naming the rule and wh
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
+
+# Set by a caller that has already checked every row of the input finite (the strategy screens
+# each reply once while stacking): the rules then skip their own scan of the (n, d) input.
+_ROWS_CHECKED: ContextVar[bool] = ContextVar("flwr_byz_rows_checked", default=False)
+
+
+@contextlib.contextmanager
+def rows_checked() -> Iterator[None]:
+    """Within this block the rules take their inputs' rows as already checked finite (one
+    finiteness check per round, the caller's); a thread's or task's own setting (contextvars)."""
+    token = _ROWS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _ROWS_CHECKED.reset(token)
+
+
+def rows_known_finite() -> bool:
+    """Whether the caller has declared the input's rows finite (:func:`rows_checked`)."""
+    return _ROWS_CHECKED.get()
 
 
 def check_f(rule: str, f: object) -> int:
@@ -57,6 +81,8 @@ def finite_mask(vectors: Tensor) -> Tensor:
     Cheap: a row whose sum is finite has only finite values; only rows whose sum is not finite
     (NaN/inf, or an overflow of huge finite values) are inspected value by value.
     """
+    if rows_known_finite():
+        return torch.ones(vectors.shape[0], dtype=torch.bool, device=vectors.device)
     finite = torch.isfinite(vectors.sum(dim=1))
     if not bool(finite.all()):
         suspects = torch.nonzero(~finite, as_tuple=True)[0]
@@ -86,7 +112,7 @@ def extremes_as_inf(rule: str, values: Tensor, tolerance: int) -> Tensor:
     from both ends and the output stays near the middle of the finite values. Columns with more than
     ``tolerance`` non-finite values raise ValueError. Returns ``values`` itself when all finite.
     """
-    if bool(torch.isfinite(values.sum())):
+    if rows_known_finite() or bool(torch.isfinite(values.sum())):
         return values  # a finite total means every value is finite
     nonfinite = ~torch.isfinite(values)
     if not bool(nonfinite.any()):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_inputs, extremes_as_inf, require
+from ._checks import check_inputs, extremes_as_inf, require, rows_known_finite
 from ._columns import (
     column_blocks,
     mean_over_rows,
@@ -48,7 +48,7 @@ def _b_or_f(rule: str, b: int | None, f: int) -> int:
 def _block_keys(rule: str, vectors: Tensor, tolerance: int) -> Callable[[slice], Tensor]:
     """The sort keys of a column block (``extremes_as_inf`` per block), after checking the whole
     input once for columns with more than ``tolerance`` NaN/inf (same error as unblocked)."""
-    if bool(torch.isfinite(vectors.sum())):
+    if rows_known_finite() or bool(torch.isfinite(vectors.sum())):
         return lambda cols: vectors[:, cols]
     worst, column = 0, 0
     for cols in column_blocks(vectors.shape[1], vectors.device):

@@ -25,6 +25,7 @@ Choices beyond ALGORITHMS.md:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -235,6 +236,41 @@ def _parse_step(step: Step) -> tuple[str, dict[str, Any]]:
     if name not in PRE_REGISTRY:
         raise ValueError(f"unknown pre-aggregator {name!r}; known: {', '.join(PRE_NAMES)}")
     return name, options
+
+
+def normalize_steps(
+    pre: Sequence[Step] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The pre-aggregation chain as ``[(name, options), ...]``, each step checked.
+
+    A step is a name, ``(name, options)`` or ``{"name": name, **options}``. An unknown name, or
+    options the step refuses (unknown keyword, bad value, ``clip`` without ``c``), raise a
+    ``ValueError`` naming the step; the options are tried on a small dummy input.
+    """
+    if pre is None:
+        return []
+    if isinstance(pre, (str, Mapping)) or not isinstance(pre, Sequence):
+        raise ValueError(f"pre must be a list of steps, got {pre!r}")
+    steps: list[tuple[str, dict[str, Any]]] = []
+    for index, step in enumerate(pre):
+        try:
+            name, options = _parse_step(step)
+        except TypeError as err:
+            raise ValueError(f"pre step {index}: {err}") from None
+        impl = PRE_REGISTRY[name]
+        try:
+            inspect.signature(impl).bind(None, 0, **options)
+        except TypeError as err:
+            raise ValueError(
+                f"pre step {index} ({name!r}): bad options {options!r}: {err}"
+            ) from None
+        try:  # the values (c > 0, s >= 1, ...) on a dummy input (a generator is left unused)
+            dummy = {**options, "generator": None} if "generator" in options else options
+            impl(torch.ones(3, 2, dtype=torch.float64), 0, **dummy)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"pre step {index} ({name!r}): {err}") from None
+        steps.append((name, options))
+    return steps
 
 
 def chain_impl(vectors: Tensor, f: int, steps: Sequence[Step]) -> PreAggregation:

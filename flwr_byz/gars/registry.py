@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,14 @@ class Rule:
     selects: bool
     _min_n: Callable[..., int] = field(repr=False)
     _impl: Callable[..., Aggregation] = field(repr=False)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The rule's keyword options, in order: the parameters of ``fn(vectors, f, **options)``
+        after the first two (the signature is where each option and its default is written)."""
+        params = list(inspect.signature(self.fn).parameters.values())[2:]
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return tuple(p.name for p in params if p.kind in kinds)
 
     def min_n(self, f: int, **options: Any) -> int:
         """Smallest n the rule accepts for this f (and options, e.g. trimmed_mean's b)."""

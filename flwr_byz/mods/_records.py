@@ -2,8 +2,9 @@
 
 Message API replies carry one ArrayRecord (FedAvg: "arrays") of typed ``Array``s; a legacy
 ``NumPyClient`` fit reply carries "fitres.parameters" (keys "0", "1", ..., ``.npy`` bytes with an
-empty dtype) and its instructions "fitins.parameters". Only floating-point arrays take part in the
-vector (integer buffers such as batch counters are left as they are), in the record's key order.
+empty dtype) and its instructions "fitins.parameters". The vector is ``flwr_byz.layout``'s: the
+floating-point arrays in the record's key order (integer buffers such as batch counters are left
+as they are).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from torch import Tensor
+
+from flwr_byz.layout import is_aggregated
 
 LEGACY_INS, LEGACY_RES = "fitins.parameters", "fitres.parameters"
 
@@ -42,7 +45,7 @@ def flat(arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64) -> T
     parts = [
         torch.from_numpy(np.ascontiguousarray(value).reshape(-1)).to(dtype)
         for value in arrays.values()
-        if np.issubdtype(value.dtype, np.floating)
+        if is_aggregated(value.dtype)
     ]
     if not parts:
         raise ValueError("byzantine_mod: the record holds no floating-point array")
@@ -60,7 +63,7 @@ def rebuild(vector: Tensor, like: dict[str, np.ndarray], original: ArrayRecord) 
     """A record with ``original``'s keys and encoding whose float arrays hold ``vector``."""
     out, start = ArrayRecord(), 0
     for key, value in like.items():
-        if np.issubdtype(value.dtype, np.floating):
+        if is_aggregated(value.dtype):
             stop = start + value.size
             piece = vector[start:stop].detach().cpu().numpy().astype(value.dtype)
             value = piece.reshape(value.shape)

@@ -113,7 +113,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from flwr_byz.simulations.experiment import RunConfig
+    from flwr_byz.schema import RunConfig
     from flwr_byz.simulations.results import load_records
     from flwr_byz.simulations.runner import print_summary, summary_row
 

@@ -22,8 +22,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import server_app
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.results import RunRecord, RunStore
 
 ENGINES = ("inprocess", "flower")

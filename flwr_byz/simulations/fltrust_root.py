@@ -19,7 +19,7 @@ from torch import Tensor
 
 from flwr_byz import data
 from flwr_byz.clients.honest import flat_gradient
-from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations.run_data import split_and_model  # the evaluator's data and model
 
 ROOT_KEY = "fltrust-root"  # the generator key of the root set and of its mini-batches

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.schema import RunConfig
 
 RESULT_FILE = "result.json"
 ROUNDS_FILE = "rounds.jsonl"

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from flwr_byz import data, models
-from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.schema import RunConfig
 
 
 def split_and_model(cfg: RunConfig) -> tuple[Any, torch.nn.Module]:

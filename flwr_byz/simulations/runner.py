@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import Experiment, RunConfig
+from flwr_byz.simulations.experiment import Experiment
 from flwr_byz.simulations.plots import round_value
 from flwr_byz.simulations.results import (
     RunBusyError,

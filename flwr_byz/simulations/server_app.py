@@ -26,10 +26,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_byz.clients.config import pre_steps
+from flwr_byz import attacks
 from flwr_byz.grid_wrapper import GridWrapper
 from flwr_byz.metrics import detection_rates, split_prefixed
-from flwr_byz.simulations.experiment import RunConfig, build_experiment, load_spec
+from flwr_byz.schema import RunConfig, pre_steps
+from flwr_byz.simulations.experiment import build_experiment, load_spec
 from flwr_byz.simulations.results import (
     Checkpoint,
     RunLock,
@@ -226,38 +227,20 @@ def discover(grid: Grid, timeout: float = 120.0) -> Roles:
     )
 
 
-def adversary_needs(cfg: RunConfig) -> str:
-    """What the adversary must know each round: "none", "own", "colluders", "omniscient" or
-    "channel" (the threat model of ``flwr_byz.attacks``, from the attack and its options)."""
-    from flwr_byz import attacks
-
-    return attacks.knowledge(cfg.attack, cfg.attack_options)
-
-
 def needs_coordinator(cfg: RunConfig) -> bool:
     """Whether the attack needs the colluding coordinator: omniscient or colluding attacks,
     except those the ``AdversaryGrid`` computes once per round from the replies it reads
     (``same_for_all``), unless the run names its own coordinator."""
-    if adversary_needs(cfg) not in ("omniscient", "colluders"):
+    if cfg.attack_knowledge not in ("omniscient", "colluders"):
         return False
-    return bool(cfg.coordinator_address) or not _grid_computes_attack(cfg)
-
-
-def _grid_computes_attack(cfg: RunConfig) -> bool:
-    from flwr_byz.clients.config import ClientConfig
-    from flwr_byz.clients.malicious import make_malicious_client
-
-    probe = ClientConfig.from_configs(
-        cfg.to_flower(), {"partition-id": 0, "num-partitions": cfg.num_clients}
-    )
-    return make_malicious_client(probe).same_for_all
+    return bool(cfg.coordinator_address) or not attacks.same_for_all(cfg.attack, cfg.attack_options)
 
 
 def wrap_grid(grid: Grid, cfg: RunConfig, roles: Roles, coordinator_address: str) -> Grid:
     """The network as the threat model has it: ``AdversaryGrid`` orders each round so that
     colluders never wait on nodes that cannot run (and tells them the coordinator's address);
     ``ChannelFaultGrid`` corrupts received values for the Phocas paper's channel faults."""
-    needs = adversary_needs(cfg)
+    needs = cfg.attack_knowledge
     if needs != "none":
         from flwr_byz.clients.adversary import AdversaryGrid
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr_byz.simulations.experiment import RunConfig
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations.results import RunRecord, RunStore, load_records
 
 INSTALL_HINT = "pip install 'flwr-byz[tensorboard]'"

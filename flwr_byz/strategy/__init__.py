@@ -5,6 +5,7 @@ tensor, after excluding (and reporting) unusable replies. See docs/strategies.md
 """
 
 from flwr_byz import gars
+from flwr_byz.layout import ModelLayout
 from flwr_byz.strategy.core import (
     RobustAggregator,
     RoundReport,
@@ -14,7 +15,6 @@ from flwr_byz.strategy.core import (
     resolve_device,
     round_seed,
 )
-from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.message_api import (
     RULE_STRATEGIES,
     Average,

@@ -46,7 +46,8 @@ import torch
 from flwr_byz import gars
 from flwr_byz import metrics as round_metrics
 from flwr_byz.gars import preaggregation
-from flwr_byz.strategy.layout import ModelLayout
+from flwr_byz.gars.preaggregation import normalize_steps as normalize_pre
+from flwr_byz.layout import ModelLayout
 from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
 
 __all__ = [
@@ -119,41 +120,6 @@ def round_seed(seed: int, server_round: int) -> int:
     draw per round from ``(seed, server_round)`` (numpy's ``SeedSequence``)."""
     state = np.random.SeedSequence([int(seed), int(server_round)]).generate_state(1, np.uint32)
     return int(state[0])
-
-
-def normalize_pre(
-    pre: Sequence[preaggregation.Step] | None,
-) -> list[tuple[str, dict[str, Any]]]:
-    """The pre-aggregation chain as ``[(name, options), ...]``, each step checked.
-
-    A step is a name, ``(name, options)`` or ``{"name": name, **options}``. An unknown name, or
-    options the step refuses (unknown keyword, bad value, ``clip`` without ``c``), raise a
-    ``ValueError`` naming the step; the options are tried on a small dummy input.
-    """
-    if pre is None:
-        return []
-    if isinstance(pre, (str, Mapping)) or not isinstance(pre, Sequence):
-        raise ValueError(f"pre must be a list of steps, got {pre!r}")
-    steps: list[tuple[str, dict[str, Any]]] = []
-    for index, step in enumerate(pre):
-        try:
-            name, options = preaggregation._parse_step(step)
-        except TypeError as err:
-            raise ValueError(f"pre step {index}: {err}") from None
-        impl = preaggregation.PRE_REGISTRY[name]
-        try:
-            inspect.signature(impl).bind(None, 0, **options)
-        except TypeError as err:
-            raise ValueError(
-                f"pre step {index} ({name!r}): bad options {options!r}: {err}"
-            ) from None
-        try:  # the values (c > 0, s >= 1, ...) on a dummy input (a generator is left unused)
-            dummy = {**options, "generator": None} if "generator" in options else options
-            impl(torch.ones(3, 2, dtype=torch.float64), 0, **dummy)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"pre step {index} ({name!r}): {err}") from None
-        steps.append((name, options))
-    return steps
 
 
 def _chain_min_n(steps: Sequence[tuple[str, Mapping[str, Any]]], rows: int, f: int) -> int:
@@ -742,9 +708,12 @@ class RobustAggregator:
             return preaggregation.aggregate_chain(
                 vectors, f, self._round_pre(server_round), self.rule, **options
             )
-        if track or self._untracked_impl is None:
-            return self.rule.aggregate(vectors, f, **options)
-        return self._untracked_impl(vectors, f, track=False, **options)
+        # the rows were screened finite while stacking: the rule does not scan them again (a
+        # chain's output may overflow, so the chain's rule keeps its own check)
+        with gars.rows_checked():
+            if track or self._untracked_impl is None:
+                return self.rule.aggregate(vectors, f, **options)
+            return self._untracked_impl(vectors, f, track=False, **options)
 
     def learning_rate_at(self, server_round: int) -> float:
         """The server learning rate ``eta_t`` of this round."""

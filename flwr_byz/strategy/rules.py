@@ -61,16 +61,10 @@ _EMPTY = inspect.Parameter.empty
 
 
 def rule_option_names(rule: str) -> tuple[str, ...]:
-    """The options a user can set for ``rule``, in its kernel's order: the keyword parameters of
-    ``gars.get(rule).fn(vectors, f, **options)`` after the first two (as
-    ``flwr_byz.simulations.experiment.option_names`` reads them), less :data:`ENGINE_OPTIONS`."""
-    params = list(inspect.signature(gars.get(rule).fn).parameters.values())[2:]
+    """The options a user can set for ``rule``, in its kernel's order: ``gars.get(rule).options``
+    (its function's keyword parameters) less :data:`ENGINE_OPTIONS`."""
     skip = ENGINE_OPTIONS.get(rule, ())
-    return tuple(
-        p.name
-        for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in skip
-    )
+    return tuple(name for name in gars.get(rule).options if name not in skip)
 
 
 def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:

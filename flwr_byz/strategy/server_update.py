@@ -26,16 +26,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["UPDATE_MODES", "ServerOptimizer", "ServerUpdateConfig"]
+from flwr_byz.schema import UPDATE_MODES
 
-UPDATE_MODES = ("weights", "gradient")
+__all__ = ["UPDATE_MODES", "ServerOptimizer", "ServerUpdateConfig"]
 
 
 @dataclass(frozen=True)
 class ServerUpdateConfig:
     """Options of the server step (see the module docstring)."""
 
-    update_mode: str = "weights"
+    update_mode: str = "weights"  # what a Flower app's clients send; the simulations send gradients
     learning_rate: float | None = None
     lr_schedule_r: float | None = None
     server_momentum: float = 0.0

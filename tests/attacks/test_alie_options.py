@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flwr_byz import attacks
-from flwr_byz.clients.config import ClientConfig
 from flwr_byz.clients.malicious import make_malicious_client
+from flwr_byz.schema import ClientConfig
 
 # k = 3 known vectors, one coordinate: mu = 2; sample std sqrt(8 / 2) = 2, population sqrt(8 / 3)
 KNOWN = torch.tensor([[0.0], [2.0], [4.0]], dtype=torch.float64)

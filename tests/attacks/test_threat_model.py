@@ -7,8 +7,8 @@ import json
 import pytest
 
 from flwr_byz import attacks
-from flwr_byz.clients.config import ClientConfig
 from flwr_byz.clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
+from flwr_byz.schema import ClientConfig
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from client_helpers import BASE_CONFIG, make_grid, run_round
 
 from flwr_byz import attacks
 from flwr_byz.clients import AdversaryGrid, discover_roles
-from flwr_byz.clients.config import ClientConfig
 from flwr_byz.clients.malicious import MALICIOUS_CLIENTS, make_malicious_client
+from flwr_byz.schema import ClientConfig
 
 N, F = 9, 2
 

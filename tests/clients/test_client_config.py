@@ -6,24 +6,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flwr_byz.clients.config import ClientConfig, parse_partition_list
+from flwr_byz.schema import ClientConfig, parse_partitions
 
 NODE = {"partition-id": 2, "num-partitions": 6}
 
 
 def test_defaults_and_types() -> None:
-    cfg = ClientConfig.from_configs({"rule-options": '{"m": 3}', "momentum": 0.9}, NODE)
+    run = {"rule": "multi_krum", "rule-options": '{"m": 3}', "momentum": 0.9}
+    cfg = ClientConfig.from_configs(run, NODE)
     assert cfg.batch_size == 83 and cfg.update_mode == "gradient" and cfg.rule_options == {"m": 3}
     assert cfg.worker_momentum and not cfg.is_byzantine and cfg.attacker_rank == -1
 
 
 def test_byzantine_partitions_default_to_the_first_num_attackers() -> None:
     cfg = ClientConfig.from_configs({"attack": "ipm", "num-byzantine": 3}, NODE)
-    assert cfg.byzantine_partitions == (0, 1, 2) and cfg.is_byzantine and cfg.attacker_rank == 2
+    assert cfg.byzantine_partition_ids == [0, 1, 2] and cfg.is_byzantine and cfg.attacker_rank == 2
     cfg = ClientConfig.from_configs({"attack": "ipm", "num-byzantine": 3, "num-attackers": 1}, NODE)
-    assert cfg.byzantine_partitions == (0,) and not cfg.is_byzantine
+    assert cfg.byzantine_partition_ids == [0] and not cfg.is_byzantine
     cfg = ClientConfig.from_configs({"attack": "ipm", "byzantine-partitions": "5, 2"}, NODE)
-    assert cfg.byzantine_partitions == (2, 5) and cfg.attacker_rank == 0 and cfg.num_honest == 4
+    assert cfg.byzantine_partition_ids == [2, 5] and cfg.attacker_rank == 0 and cfg.num_honest == 4
     cfg = ClientConfig.from_configs({"attack": "none", "byzantine-partitions": "2"}, NODE)
     assert not cfg.is_byzantine  # no attack: everybody is honest
 
@@ -53,4 +54,4 @@ def test_node_config_is_required() -> None:
 @given(st.sets(st.integers(min_value=0, max_value=10_000), max_size=20))
 def test_partition_list_round_trips(ids) -> None:
     text = ",".join(str(i) for i in sorted(ids, reverse=True))
-    assert parse_partition_list(text) == tuple(sorted(ids))
+    assert parse_partitions(text) == sorted(ids)

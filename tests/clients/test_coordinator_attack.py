@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import flwr_byz.clients.malicious as malicious
-from flwr_byz.clients.config import ClientConfig
 from flwr_byz.clients.coordinator import (
     CoordinatorClient,
     CoordinatorError,
@@ -20,6 +19,7 @@ from flwr_byz.clients.coordinator import (
     start_coordinator,
 )
 from flwr_byz.clients.malicious import AttackInputs, coordinator_vector, make_malicious_client
+from flwr_byz.schema import ClientConfig
 
 K, F, D = 7, 3, 40  # honest vectors, attackers (partitions 0..2), dimension
 N = K + F

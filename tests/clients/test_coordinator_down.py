@@ -13,8 +13,8 @@ from flwr.app import ArrayRecord
 import flwr_byz.clients.app as client_app
 from flwr_byz import models
 from flwr_byz.clients.coordinator import start_coordinator
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.server_app import IdleRunError, idle_run_problem, run_summary
 
 

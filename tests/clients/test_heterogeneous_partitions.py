@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from flwr_byz.clients.config import ClientConfig
 from flwr_byz.clients.runtime import dataset_for, shard_indices
+from flwr_byz.schema import ClientConfig
 
 
 def _cfg(partition: int, scheme: str, **extra: object) -> ClientConfig:

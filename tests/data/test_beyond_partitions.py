@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flwr_byz import data, models
+from flwr_byz.layout import flatten_state
 
 
 def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -73,5 +74,6 @@ def test_cnn_mnist_shape_and_parameters() -> None:
     assert log_probs.shape == (3, 10)
     torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(3))
     assert torch.equal(
-        models.flat_params(model), models.flat_params(models.build("cnn_mnist", seed=0))
+        flatten_state(model.state_dict()),
+        flatten_state(models.build("cnn_mnist", seed=0).state_dict()),
     )

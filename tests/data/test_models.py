@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flwr_byz import models
+from flwr_byz.layout import flatten_state, unflatten_state
 
 
 def _reference_count(name: str) -> int:
@@ -49,27 +50,10 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    first = models.flat_params(models.build("mlp", seed=4))
+    first = flatten_state(models.build("mlp", seed=4).state_dict())
     assert torch.equal(torch.rand(1), expected_next)
-    assert torch.equal(first, models.flat_params(models.build("mlp", seed=4)))
-    assert not torch.equal(first, models.flat_params(models.build("mlp", seed=5)))
-
-
-def test_flat_params_round_trip_and_flat_grad() -> None:
-    model = models.build("mlp128", seed=0)
-    vector = torch.arange(models.num_parameters(model), dtype=torch.float32)
-    models.set_flat_params(model, vector)
-    assert torch.equal(models.flat_params(model), vector)
-    weight = model[1].weight.detach()  # first Linear after Flatten
-    assert float(weight[0, 1]) == 1.0 and float(weight[1, 0]) == 784.0
-    with pytest.raises(ValueError, match=r"expected a \(118282,\) vector"):
-        models.set_flat_params(model, vector[:-1])
-    model = models.build("mlp", seed=0)
-    assert torch.equal(models.flat_grad(model), torch.zeros(79_510))
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(10, (8,))
-    models.loss_fn(model(x), y).backward()
-    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    assert torch.equal(models.flat_grad(model), grads)
+    assert torch.equal(first, flatten_state(models.build("mlp", seed=4).state_dict()))
+    assert not torch.equal(first, flatten_state(models.build("mlp", seed=5).state_dict()))
 
 
 def test_loss_penalty_clip_and_evaluate() -> None:
@@ -100,8 +84,8 @@ def test_loss_penalty_clip_and_evaluate() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_models_on_cuda() -> None:
     model = models.build("mlp", seed=0).cuda()
-    vector = models.flat_params(model)
+    vector = flatten_state(model.state_dict())
     assert vector.device.type == "cuda"
-    models.set_flat_params(model, vector * 2)
+    model.load_state_dict(unflatten_state(vector * 2, model.state_dict()))
     loss, _ = models.evaluate(model, torch.randn(4, 1, 28, 28), torch.randint(10, (4,)))
     assert math.isfinite(loss)

@@ -18,8 +18,8 @@ import pytest
 from flwr.app import Message
 
 from flwr_byz.inprocess import InProcessGrid
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.server_app import NodeWaitGrid, TooFewNodesError, min_nodes, run_server
 
 from .harness import Federation, descendants

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from flwr_byz import data, models
+from flwr_byz.schema import RunConfig, from_mapping
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig, from_mapping
 from flwr_byz.simulations.fltrust_root import ROOT_KEY, make_root_update, root_indices
 from flwr_byz.simulations.server_app import build_strategy
 

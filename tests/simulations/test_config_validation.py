@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flwr_byz.clients.config import ClientConfig
-from flwr_byz.simulations.experiment import (
-    RunConfig,
-    build_experiment,
-    from_mapping,
-    load_experiment,
-)
+from flwr_byz.schema import ClientConfig, RunConfig, from_mapping
+from flwr_byz.simulations.experiment import build_experiment, load_experiment
 
 
 @pytest.mark.parametrize(
@@ -70,7 +65,7 @@ def test_client_device_from_yaml_reaches_the_client_config() -> None:
     flat = cfg.to_flower()
     assert flat["client-device"] == "auto"
     node = ClientConfig.from_configs(flat, {"partition-id": 0, "num-partitions": 4})
-    assert node.device == "auto"
+    assert node.client_device == "auto"
     # where the clients compute is not part of what is computed (resume keeps the run)
     assert cfg.identity() == RunConfig(num_clients=4).identity()
 
@@ -113,7 +108,7 @@ def test_overridden_fields_name_the_runs_and_equal_points_run_once() -> None:
 
 def test_partition_schemes_are_the_data_modules() -> None:
     from flwr_byz import data
-    from flwr_byz.simulations.experiment import PARTITIONINGS
+    from flwr_byz.schema import PARTITIONINGS
 
     assert set(PARTITIONINGS) == set(data.SCHEMES)
     with pytest.raises(ValueError, match="similarity-gamma must be in"):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from flwr_byz.metrics import detection_rates
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 
 
 def test_detection_rates_by_hand() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from flwr_byz import data, models
+from flwr_byz.schema import RunConfig, from_mapping
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig, from_mapping
 from flwr_byz.simulations.server_app import run_summary
 
 
@@ -118,9 +118,9 @@ def test_baseline_on_n_minus_f_honest_workers_needs_no_new_option(tmp_path: Path
 
 
 def test_honest_client_cycles_through_its_shard() -> None:
-    from flwr_byz.clients.config import ClientConfig
     from flwr_byz.clients.honest import minibatch
     from flwr_byz.clients.runtime import dataset_for, shard_indices
+    from flwr_byz.schema import ClientConfig
 
     run = {"partitioning": "shards", "batch-size": 7, "seed": 2}
     cfg = ClientConfig.from_configs(run, {"partition-id": 1, "num-partitions": 3})

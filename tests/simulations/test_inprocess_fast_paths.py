@@ -12,9 +12,8 @@ from flwr.app import Array, ArrayRecord
 import flwr_byz.clients.runtime as runtime
 from flwr_byz import models
 from flwr_byz.clients import records
-from flwr_byz.clients.config import ClientConfig
+from flwr_byz.schema import ClientConfig, RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.results import RunStore
 
 

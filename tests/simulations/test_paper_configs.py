@@ -13,7 +13,8 @@ import torch
 
 from flwr_byz import gars
 from flwr_byz.clients.malicious import MALICIOUS_CLIENTS
-from flwr_byz.simulations.experiment import CONFIG_DIR, RunConfig, load_experiment
+from flwr_byz.schema import RunConfig
+from flwr_byz.simulations.experiment import CONFIG_DIR, load_experiment
 
 # name -> (runs, seeds of every case, rounds)
 EXPECTED = {

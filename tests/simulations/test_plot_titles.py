@@ -188,7 +188,7 @@ def test_report_figures_state_the_group_and_tell_copies_apart(tmp_path: Path, mo
 
 
 def test_summary_reads_prefixed_diagnostics() -> None:
-    from flwr_byz.simulations.experiment import RunConfig
+    from flwr_byz.schema import RunConfig
     from flwr_byz.simulations.runner import summary_row
 
     rounds = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.results import RunStore
 
 

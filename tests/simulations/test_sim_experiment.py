@@ -12,12 +12,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flwr_byz.schema import RunConfig, from_mapping
 from flwr_byz.simulations.experiment import (
     CONFIG_DIR,
-    RunConfig,
     build_experiment,
     expand_sweep,
-    from_mapping,
     load_experiment,
 )
 from flwr_byz.simulations.server_app import config_from_context

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig, build_experiment
+from flwr_byz.simulations.experiment import build_experiment
 from flwr_byz.simulations.results import Checkpoint, RunBusyError, RunLock, RunStore
 from flwr_byz.simulations.runner import RunOutcome, outcome_row, run_experiment
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines
-from flwr_byz.simulations.experiment import RunConfig, build_experiment
+from flwr_byz.simulations.experiment import build_experiment
 from flwr_byz.simulations.results import (
     Checkpoint,
     RunRecord,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from flwr_byz import gars
+from flwr_byz.layout import ModelLayout
 from flwr_byz.strategy import core
 from flwr_byz.strategy.core import (
     RobustAggregator,
@@ -25,7 +26,6 @@ from flwr_byz.strategy.core import (
     screen,
     stack,
 )
-from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.server_update import ServerOptimizer, ServerUpdateConfig
 
 

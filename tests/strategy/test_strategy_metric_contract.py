@@ -309,8 +309,8 @@ def test_summary_states_the_rule_its_real_minimum_and_no_weighting(
 
 
 def test_server_app_reads_the_prefixed_keys_and_writes_the_old_ones(tmp_path: Path) -> None:
+    from flwr_byz.schema import RunConfig
     from flwr_byz.simulations import engines, server_app
-    from flwr_byz.simulations.experiment import RunConfig
 
     values = server_app._round_values(
         MetricRecord(

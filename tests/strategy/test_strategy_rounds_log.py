@@ -8,8 +8,8 @@ from pathlib import Path
 from flwr.app import MessageType
 
 from flwr_byz.inprocess import InProcessGrid
+from flwr_byz.schema import RunConfig
 from flwr_byz.simulations import engines, server_app
-from flwr_byz.simulations.experiment import RunConfig
 from flwr_byz.simulations.results import RunStore
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from flwr_byz import gars
+from flwr_byz.layout import ModelLayout
 from flwr_byz.strategy.core import RobustAggregator, Submission
-from flwr_byz.strategy.layout import ModelLayout
 from flwr_byz.strategy.server_update import ServerUpdateConfig
 
 N, F = 11, 2  # Bulyan needs n >= 4f + 3

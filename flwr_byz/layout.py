@@ -1,9 +1,12 @@
-"""Model layout: named arrays <-> one flat vector, and the checks that a reply matches the model.
+"""The one flat-vector layout of a model, for the server, the clients and the mod.
 
 The GAR kernels see one ``(n, d)`` tensor (ALGORITHMS.md: "the dimensions of the model may arrive as
-several tensors: aggregation treats them as one flat vector"). Only floating-point arrays are
-aggregated; integer and bool buffers (BatchNorm's ``num_batches_tracked``) are taken from the global
-model unchanged.
+several tensors: aggregation treats them as one flat vector"). The vector is the model's
+floating-point arrays in key order (:func:`is_aggregated`); integer and bool buffers (BatchNorm's
+``num_batches_tracked``) are not in it and keep the global model's values. :class:`ModelLayout`
+packs named numpy arrays (the server's replies); :func:`flatten_state` / :func:`unflatten_state`
+pack a torch state dict the same way (the clients), so a client's vector and the server's row of
+that client are the same values in the same order. No Flower import.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ArraySpec", "ModelLayout"]
+__all__ = [
+    "ArraySpec",
+    "ModelLayout",
+    "flatten_state",
+    "is_aggregated",
+    "state_dim",
+    "unflatten_state",
+]
 
 _BLOCK = 1 << 17  # values per stacking block: it stays in cache for the finiteness sum
 
@@ -31,6 +41,45 @@ class ArraySpec:
     aggregated: bool
     offset: int
     size: int
+
+
+def is_aggregated(dtype: np.dtype | torch.dtype) -> bool:
+    """Whether arrays of ``dtype`` are part of the flat vector: the floating-point ones."""
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_floating_point
+    return bool(np.issubdtype(dtype, np.floating))
+
+
+def state_dim(state: Mapping[str, Tensor]) -> int:
+    """The flat vector's length d for a torch state dict."""
+    return sum(value.numel() for value in state.values() if is_aggregated(value.dtype))
+
+
+def flatten_state(state: Mapping[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
+    """The state's floating tensors in key order as one ``(d,)`` vector of ``dtype``."""
+    parts = [v.detach().reshape(-1).to(dtype) for v in state.values() if is_aggregated(v.dtype)]
+    if not parts:
+        raise ValueError("the model state holds no floating-point tensor to flatten")
+    return torch.cat(parts)
+
+
+def unflatten_state(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``like``'s keys, shapes and dtypes (CPU) with the floating tensors taken from ``vector``
+    and the others copied from ``like``."""
+    dim = state_dim(like)
+    if vector.dim() != 1 or vector.numel() != dim:
+        raise ValueError(
+            f"vector of shape {tuple(vector.shape)} does not match the model's {dim} values"
+        )
+    out, start = {}, 0
+    for key, value in like.items():
+        if not is_aggregated(value.dtype):
+            out[key] = value.detach().to("cpu").clone()
+            continue
+        stop = start + value.numel()
+        out[key] = vector[start:stop].detach().to("cpu", value.dtype).reshape(value.shape).clone()
+        start = stop
+    return out
 
 
 def _as_ndarray(value: object) -> np.ndarray:
@@ -48,7 +97,7 @@ class ModelLayout:
         float64 = False
         for key, value in arrays.items():
             array = _as_ndarray(value)
-            aggregated = bool(np.issubdtype(array.dtype, np.floating))
+            aggregated = is_aggregated(array.dtype)
             size = int(array.size) if aggregated else 0
             specs.append(ArraySpec(key, tuple(array.shape), array.dtype, aggregated, offset, size))
             offset += size
