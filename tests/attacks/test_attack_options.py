@@ -104,3 +104,18 @@ def test_roles_give_the_definitions_with_and_without_the_default() -> None:
     expected = mean - z * honest.std(dim=0, unbiased=True)
     assert torch.allclose(_role("alie").from_known(honest, 7, 2), expected)
     assert torch.allclose(_role("alie", omniscient=True).from_known(honest, 7, 2), expected)
+
+
+def test_gaussian_role_draws_std_times_a_standard_normal() -> None:
+    from flwr_byz.clients.malicious import AttackInputs
+
+    def vector(**options: object) -> torch.Tensor:
+        role = _role("gaussian", **options)
+        state = {"w": torch.zeros(3, 4), "b": torch.zeros(5)}
+        inputs = AttackInputs(role.cfg, None, state, 3, 0.1, 7, 2)  # type: ignore[arg-type]
+        return role.submit(inputs)
+
+    unit = vector(std=1.0)  # the same seeded draw: N(0, std^2) = std * N(0, 1)
+    assert unit.shape == (17,)
+    for options in ({}, {"std": 200.0}):
+        assert torch.allclose(vector(**options), 200.0 * unit)
