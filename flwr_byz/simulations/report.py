@@ -10,8 +10,10 @@ PNGs; docs/REPRODUCTION.md is built from them.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,11 +222,14 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
     written: list[Path] = []
     groups: dict[str, list[Case]] = {}
     baselines = [case for case in all_cases if case.attack_text() == "attack none"]
+    split = [key for key in _FIGURE_SPLIT if _varies([c.config for c in all_cases], key)]
     for case in all_cases:
         if case not in baselines or len(baselines) == len(all_cases):
-            groups.setdefault(case.group, []).append(case)
+            groups.setdefault(_figure_of(case, split), []).append(case)
     for members in groups.values():  # the attack-free runs as the reference in every figure
-        members.extend(b for b in baselines if b not in members)
+        first = members[0].config
+        same = [b for b in baselines if all(b.config.get(k) == first.get(k) for k in split)]
+        members.extend(b for b in same if b not in members)
     referenced = len(baselines) < len(all_cases)
     for index, (group, members) in enumerate(groups.items()):
         slug = re.sub(r"[^A-Za-z0-9]+", "_", group).strip("_")
@@ -233,6 +238,9 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
         if referenced and len(main) < len(members):
             described += " (+ attack-free reference)"
         n_f = common_n_f(case.config for case in main)
+        described += "".join(f"; {key} {main[0].config.get(key)}" for key in split)
+        described = "\n".join(textwrap.wrap(described, 85))
+        shown = _differing([case.config for case in members])
         for key, ylabel, log in (
             ("test-accuracy", "test accuracy", False),
             ("variance-norm-ratio", "variance-norm ratio", True),
@@ -248,7 +256,8 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
                 if not xs:
                     continue
                 seeds = len(case.records)
-                label = case.label + (f", pre {case.pre}" if case.pre else "")
+                label = _curve_label(case, members) + (f", pre {case.pre}" if case.pre else "")
+                label += "".join(f", {_SHORT.get(k, k)}={_value(case.config, k)}" for k in shown)
                 if referenced and case in baselines:
                     label += ", no attack"
                 curves.append((f"{label} ({seeds})", xs, mean))
@@ -279,6 +288,52 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
             plt.close(fig)
             written.append(path)
     return written
+
+
+# a figure per value of these fields when they vary (the papers' layout: one panel per lr)
+_FIGURE_SPLIT = ("learning-rate",)
+# fields that are not named in a curve's label (the rule is; the attack is the figure's)
+_UNLABELLED = ("rule", "rule-options", "pre", "attack", "attack-options", "channel-fault")
+_SHORT = {"momentum-place": "momentum at", "num-byzantine": "f", "num-clients": "n"}
+
+
+def _varies(configs: Sequence[dict[str, Any]], key: str) -> bool:
+    return len({json.dumps(cfg.get(key), sort_keys=True) for cfg in configs}) > 1
+
+
+def _figure_of(case: Case, split: Sequence[str]) -> str:
+    """The figure a case is drawn in: n, f, attack, and the values of the ``split`` fields."""
+    return case.group + "".join(f", {key}={case.config.get(key)}" for key in split)
+
+
+def _value(cfg: dict[str, Any], key: str) -> Any:
+    """A run's value of ``key``; the schema's default for runs recorded before the key existed."""
+    from flwr_byz.schema import RunConfig
+
+    return cfg[key] if key in cfg else RunConfig().to_flower().get(key)
+
+
+def _differing(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The fields that define what a run computes (the schema's identity) whose values differ
+    between the curves of one figure: named in the labels."""
+    from flwr_byz.schema import RunConfig, to_key
+
+    keys = [to_key(name) for name in RunConfig().identity() if name != "seed"]
+    keys = [key for key in keys if key not in _UNLABELLED and key != "channel-fault-options"]
+    return [
+        key
+        for key in keys
+        if len({json.dumps(_value(c, key), sort_keys=True) for c in configs}) > 1
+    ]
+
+
+def _curve_label(case: Case, members: Sequence[Case]) -> str:
+    """The rule, with its options only where the figure holds the same rule with other ones."""
+    rule = case.config.get("rule")
+    options = {
+        str(m.config.get("rule-options", "{}")) for m in members if m.config.get("rule") == rule
+    }
+    return case.label if len(options) > 1 else str(rule)
 
 
 # fields that tell settings apart when the worst case is taken over the attacks

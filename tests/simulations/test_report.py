@@ -148,3 +148,26 @@ def test_worst_case_names_the_defence_without_heterogeneity_and_f(tmp_path: Path
     rows = worst_case(cases(load_records(tmp_path / "exp")))
     assert len(rows) == 8
     assert {r["defence"] for r in rows} == {"pre=none", "pre=nnm"}
+
+
+def test_one_figure_per_learning_rate_and_labels_name_what_differs(tmp_path: Path) -> None:
+    from flwr_byz.simulations.report import _curve_label, _differing, cases
+    from flwr_byz.simulations.results import load_records
+
+    pytest.importorskip("matplotlib")
+    for lr in (0.5, 0.02):
+        for place in ("server", "worker"):
+            record = _record("median", 1, [0.5, 0.6], None)
+            record.config.update({"learning-rate": lr, "momentum-place": place})
+            store = RunStore(tmp_path / "exp" / f"lr={lr}_mom={place}_seed=1")
+            store.run_dir.mkdir(parents=True)
+            store.write_record(record)
+    written = write_report(tmp_path / "exp", tmp_path / "out")
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert pngs == [
+        "accuracy_0_n_9_f_2_attack_alie_learning_rate_0_02.png",
+        "accuracy_1_n_9_f_2_attack_alie_learning_rate_0_5.png",
+    ]
+    all_cases = cases(load_records(tmp_path / "exp"))
+    assert _differing([c.config for c in all_cases]) == ["momentum-place", "learning-rate"]
+    assert {_curve_label(c, all_cases) for c in all_cases} == {"median"}
