@@ -239,7 +239,7 @@ def plot_cases(all_cases: Sequence[Case], out_dir: Path, title: str) -> list[Pat
             described += " (+ attack-free reference)"
         n_f = common_n_f(case.config for case in main)
         described += "".join(f"; {key} {main[0].config.get(key)}" for key in split)
-        described = "\n".join(textwrap.wrap(described, 85))
+        described = "\n".join(textwrap.wrap(described, 85, break_on_hyphens=False))
         shown = _differing([case.config for case in members])
         for key, ylabel, log in (
             ("test-accuracy", "test accuracy", False),
