@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flwr_byz._finite import all_finite
+
 
 def honest_matrix(honest: Tensor, attack: str) -> Tensor:
     """Return ``honest`` as a ``(k, d)`` floating tensor, or raise naming the attack and problem."""
@@ -25,7 +27,7 @@ def honest_matrix(honest: Tensor, attack: str) -> Tensor:
         )
     if not torch.is_floating_point(honest):
         raise TypeError(f"{attack}: honest vectors must be floating point, got {honest.dtype}")
-    if not bool(torch.isfinite(honest).all()):
+    if not all_finite(honest):
         raise ValueError(f"{attack}: honest vectors contain NaN or infinite values")
     return honest
 
@@ -49,12 +51,21 @@ def mean_and_std(honest: Tensor, correction: int = 1) -> tuple[Tensor, Tensor]:
     as ``torch.std`` to float rounding, 3-8x faster on CPU than its strided reduction over the
     short row axis.
     """
-    k = honest.shape[0]
+    k, d = honest.shape
     weights = torch.full((k,), 1.0 / k, dtype=honest.dtype, device=honest.device)
     mu = weights @ honest
     if k == 1:
         return mu, torch.zeros_like(mu)
-    squares = honest - mu
-    squares.mul_(squares)
     divisor = torch.full((k,), 1.0 / (k - correction), dtype=honest.dtype, device=honest.device)
-    return mu, (divisor @ squares).sqrt_()
+    sigma = torch.empty_like(mu)
+    # column blocks on CPU: the centred squares stay in cache instead of a (k, d) temporary
+    width = d if honest.device.type != "cpu" else max(1, _BLOCK_VALUES // k)
+    for start in range(0, d, width):
+        stop = min(d, start + width)
+        squares = honest[:, start:stop] - mu[start:stop]
+        squares.mul_(squares)
+        sigma[start:stop] = divisor @ squares
+    return mu, sigma.sqrt_()
+
+
+_BLOCK_VALUES = 1 << 18  # values per column block of mean_and_std (1 MiB of float32)

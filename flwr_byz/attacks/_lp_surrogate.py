@@ -8,10 +8,13 @@ gamma^2 ||E||^2``. The search then costs O(n^2 log n) per step instead of a full
 (O(n^2 d)). Its answer is only a guess: ``lp_coordinate`` checks it against the real rule and
 falls back to searching with the rule itself when they disagree.
 
-Bulyan (Krum selector, no selector options) selects from the same distances; its coordinate-wise
-step is then judged on the theta selected rows alone (the attack copies participate in a
-coordinate when fewer than beta selected honest values are strictly closer to the coordinate
-median than the attack value): O(theta^2 n^2 + theta d) per step instead of O(n^2 d).
+Bulyan (Krum selector, no selector options) selects from the same distances
+(:func:`bulyan_selection`, numpy on the n x n matrix); its coordinate-wise step is then judged on
+the theta selected rows alone (the attack copies participate in a coordinate when fewer than beta
+selected honest values are strictly closer to the coordinate median than the attack value), as
+one interval of attack values per coordinate, computed once per selection
+(``_lp_bulyan.CoordinateStep``): a step costs O(theta n^2 + d), a new selection one sort of its
+columns, instead of a rule call's O(n^2 d).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from flwr_byz._finite import all_finite
+
+from ._lp_bulyan import CoordinateStep
 
 SURROGATE_RULES = ("krum", "multi_krum", "medoid", "bulyan")
 _OPTIONS = {"multi_krum": {"m"}, "bulyan": {"selector", "variant", "selector_options"}}
@@ -48,31 +55,28 @@ def distance_surrogate(
             return None
     elif criterion not in ("auto", "selected"):
         return None
-    if not bool(torch.isfinite(honest).all()):
+    if not all_finite(honest):
         return None
-    x = honest.detach().to(torch.float64)
-    k = x.shape[0]
+    k = honest.shape[0]
     n = k + f
-    centred = x - x.mean(dim=0)
-    gram = centred @ centred.T
+    direction = unit.detach().to(torch.float64)
+    g_bar, gram, projections = _centred_products(honest.detach(), direction)
     norms = gram.diagonal()
     honest_distances = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(0.0)
     honest_distances.fill_diagonal_(0.0)
-    direction = unit.detach().to(torch.float64)
-    projections = centred @ direction
     direction_norm = float(direction @ direction)
     m = (options.get("m") or n - f) if rule_name == "multi_krum" else 1
 
     def distances(gamma: float) -> Tensor:
         to_attack = (norms - 2 * gamma * projections + gamma * gamma * direction_norm).clamp_min(0)
-        full = torch.zeros((n, n), dtype=torch.float64, device=x.device)
+        full = torch.zeros((n, n), dtype=torch.float64, device=gram.device)
         full[:k, :k] = honest_distances
         full[:k, k:] = to_attack[:, None]
         full[k:, :k] = to_attack[None, :]
         return full
 
     if rule_name == "bulyan":
-        return _bulyan_chosen(x, f, direction, distances, options, criterion)
+        return _bulyan_chosen(honest.detach(), g_bar, f, direction, distances, options, criterion)
 
     def chosen(gamma: float) -> bool:
         squared = distances(gamma)
@@ -87,69 +91,69 @@ def distance_surrogate(
     return chosen
 
 
+def _centred_products(honest: Tensor, direction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 ``(g_bar, G, p)``: the rows' mean, the Gram matrix of the centred rows and their
+    dot products with ``direction``, through column blocks converted to float64 one at a time
+    (no ``(k, d)`` float64 copy)."""
+    k, d = honest.shape
+    g_bar = honest.mean(dim=0, dtype=torch.float64)
+    gram = torch.zeros((k, k), dtype=torch.float64, device=honest.device)
+    projections = torch.zeros(k, dtype=torch.float64, device=honest.device)
+    width = d if honest.device.type != "cpu" else max(1, _BLOCK_VALUES // k)
+    for start in range(0, d, width):
+        stop = min(d, start + width)
+        centred = honest[:, start:stop].to(torch.float64) - g_bar[start:stop]
+        gram.addmm_(centred, centred.T)
+        projections.addmv_(centred, direction[start:stop])
+    return g_bar, gram, projections
+
+
+_BLOCK_VALUES = 1 << 17  # values per float64 column block of _centred_products (1 MiB)
+
+
 def _bulyan_chosen(
-    x: Tensor,
+    values: Tensor,
+    g_bar: Tensor,
     f: int,
     direction: Tensor,
     distances: Callable[[float], Tensor],
     options: dict[str, Any],
     criterion: str,
 ) -> Callable[[float], bool]:
-    """``chosen(gamma)`` of Bulyan(Krum) from the closed-form distances (see the module doc)."""
-    from flwr_byz.gars.krum import krum_scores  # lazy, as lp_coordinate resolves the rules
-
-    k, d = x.shape
+    """``chosen(gamma)`` of Bulyan(Krum) from the closed-form distances (see the module doc);
+    ``values`` are the honest rows as given, ``g_bar`` their float64 mean."""
+    k = values.shape[0]
     n = k + f
     if options.get("variant", "bulyan") == "bulyan":
         theta, beta = n - 2 * f, n - 4 * f
     else:
         theta, beta = n - 2 * f - 2, n - 4 * f - 2
-    g_bar = x.mean(dim=0)
-    cache: dict[tuple[int, ...], Tensor] = {}
-
-    def sorted_rows(honest_rows: tuple[int, ...]) -> Tensor:
-        """``(d, h)``: each coordinate's selected honest values, sorted (cached per selection)."""
-        if honest_rows not in cache:
-            columns = x[list(honest_rows)].T.contiguous()
-            if columns.device.type == "cpu":  # numpy sorts several times faster
-                ordered = torch.from_numpy(np.sort(columns.numpy(), axis=1))
-            else:
-                ordered = columns.sort(dim=1).values
-            cache.clear()  # the selection rarely changes between steps: keep the last one
-            cache[honest_rows] = ordered
-        return cache[honest_rows]
-
-    def count_below(ordered: Tensor, values: Tensor, right: bool) -> Tensor:
-        """Per coordinate, how many sorted values are < ``values`` (<= with ``right``)."""
-        return torch.searchsorted(ordered, values[:, None], right=right)[:, 0]
+    step = CoordinateStep(values, theta, beta)
 
     def chosen(gamma: float) -> bool:
-        squared = distances(gamma)
-        remaining = list(range(n))
-        picked: list[int] = []
-        for _ in range(theta):  # Bulyan's selection: Krum on the not yet selected, lowest index
-            index = torch.tensor(remaining)
-            sub = squared[index[:, None], index[None, :]]
-            local = int(torch.argmin(krum_scores(sub, max(1, len(remaining) - f - 2))))
-            picked.append(remaining.pop(local))
+        picked = bulyan_selection(distances(gamma).cpu().numpy(), f, theta)
         copies = sum(1 for i in picked if i >= k)
         if copies == 0 or criterion == "selected":
             return copies > 0
-        ordered = sorted_rows(tuple(sorted(i for i in picked if i < k)))
-        last = ordered.shape[1] - 1
-        attack = g_bar + gamma * direction
-        below = count_below(ordered, attack, right=False)  # honest values sorted before copies
-
-        def merged(t: int) -> Tensor:  # position t of the selection's sorted column values
-            low, high = ordered[:, min(t, last)], ordered[:, min(max(t - copies, 0), last)]
-            return torch.where(t < below, low, torch.where(t < below + copies, attack, high))
-
-        middle = theta // 2
-        center = merged(middle) if theta % 2 else 0.5 * (merged(middle - 1) + merged(middle))
-        gap = (attack - center).abs()
-        # honest values strictly closer to the median than the copies: in (center -+ gap)
-        inside = count_below(ordered, center + gap, right=False)
-        closer = inside - count_below(ordered, center - gap, right=True)
-        return bool((closer < beta).any())
+        honest_rows = tuple(sorted(i for i in picked if i < k))
+        return step.keeps(honest_rows, copies, g_bar + gamma * direction)
 
     return chosen
+
+
+def bulyan_selection(squared: np.ndarray, f: int, theta: int) -> list[int]:
+    """Bulyan's iterated Krum selection of ``theta`` rows from an ``(n, n)`` squared-distance
+    matrix: Krum over the rows not yet selected (score over its ``max(1, r - f - 2)`` nearest
+    of the ``r`` remaining), lowest index among equal scores. numpy: on an n x n matrix its calls
+    cost a fraction of torch's."""
+    remaining = np.arange(squared.shape[0])
+    picked: list[int] = []
+    for _ in range(theta):
+        sub = squared[np.ix_(remaining, remaining)]
+        np.fill_diagonal(sub, np.inf)
+        nearest = max(1, len(remaining) - f - 2)
+        scores = np.sort(sub, axis=1)[:, :nearest].sum(axis=1)
+        local = int(np.argmin(scores))  # the first of equal minima
+        picked.append(int(remaining[local]))
+        remaining = np.delete(remaining, local)
+    return picked

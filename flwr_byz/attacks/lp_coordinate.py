@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ._checks import check_n_f, honest_matrix
+from ._checks import check_n_f, honest_matrix, mean_and_std
 from ._lp_surrogate import distance_surrogate
 
 FINITE_NORMS = ("l1", "l2")
@@ -143,7 +143,7 @@ def lp_coordinate_gamma(
 
     step = initial_gamma
     if step is None:
-        step = float(honest.std(dim=0, correction=0).mean()) if k > 1 else 0.0
+        step = float(mean_and_std(honest, correction=0)[1].mean()) if k > 1 else 0.0
         if not step > 0.0:
             step = float(g_bar.abs().max())
         if not (step > 0.0 and math.isfinite(step)):

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flwr_byz._finite import all_finite
+
 from ._checks import rows_known_finite
 
 _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -711,6 +713,4 @@ def median_window_tracked(
 
 def _row_finite(row: Tensor) -> bool:
     """Whether a ``(d,)`` row is all finite: its sum first (NaN/inf propagate), then exactly."""
-    if rows_known_finite():
-        return True
-    return bool(torch.isfinite(row.sum())) or bool(torch.isfinite(row).all())
+    return rows_known_finite() or all_finite(row)

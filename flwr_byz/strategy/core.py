@@ -45,6 +45,7 @@ import torch
 
 from flwr_byz import gars
 from flwr_byz import metrics as round_metrics
+from flwr_byz._finite import all_finite
 from flwr_byz.gars import preaggregation
 from flwr_byz.gars.preaggregation import normalize_steps as normalize_pre
 from flwr_byz.layout import ModelLayout
@@ -107,12 +108,6 @@ def _reported_partition(metrics: Mapping[str, Any]) -> int | None:
     if isinstance(value, float) and not (value.is_integer() and value >= 0):
         return None
     return int(value) if value >= 0 else None
-
-
-def _all_finite(vector: torch.Tensor) -> bool:
-    """Whether all values are finite: one sum (NaN and inf propagate), the exact check only when
-    the sum is not finite (a non-finite value, or finite values whose sum overflows)."""
-    return bool(torch.isfinite(vector.sum())) or bool(torch.isfinite(vector).all())
 
 
 def round_seed(seed: int, server_round: int) -> int:
@@ -408,7 +403,7 @@ def apply_rule(
     except ValueError as err:
         reason = f"{label} refused the round: {err}"
     seconds = time.perf_counter() - start
-    if aggregation is not None and not _all_finite(aggregation.vector):
+    if aggregation is not None and not all_finite(aggregation.vector):
         return RuleResult(None, f"{label} returned a non-finite aggregate", seconds)
     return RuleResult(aggregation, reason, seconds)
 
@@ -424,7 +419,7 @@ def apply_step(
         return Stepped(None, None, ruled.reason)
     saved_buffer = optimizer.momentum_buffer
     new_theta = optimizer.step(theta, aggregation.vector.to(theta.dtype), server_round)
-    if not _all_finite(new_theta):
+    if not all_finite(new_theta):
         optimizer.momentum_buffer = saved_buffer
         return Stepped(None, None, "the server step overflowed to non-finite values")
     return Stepped(new_theta, aggregation, None)
