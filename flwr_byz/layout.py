@@ -12,6 +12,7 @@ that client are the same values in the same order. No Flower import.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -182,29 +183,38 @@ class ModelLayout:
             raise ValueError(
                 f"finite must be ({shape[0]},) bool, got {finite.shape} {finite.dtype}"
             )
-        with np.errstate(over="ignore", invalid="ignore"):
+        rows = torch.from_numpy(out)
+        subtrahend = None if minus is None else torch.from_numpy(minus)
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            # replies decoded from bytes are read-only arrays: torch warns, and only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             for row, arrays in enumerate(models):
                 total = 0.0
                 for spec in self.specs:
                     if not spec.aggregated:
                         continue
                     source = arrays[spec.key].reshape(-1)  # a view
+                    # torch where it can read the array as is (~15 % faster than numpy here, the
+                    # same IEEE values); numpy casts float16 and swaps byte orders while copying
+                    same = source.dtype == out.dtype
+                    typed = torch.from_numpy(source) if same else None
                     for start in range(0, spec.size, _BLOCK):
                         stop = min(start + _BLOCK, spec.size)
-                        target = out[row, spec.offset + start : spec.offset + stop]
-                        # numpy casts (float16, byte order) while copying
-                        if minus is None:
-                            target[...] = source[start:stop]
+                        lo, hi = spec.offset + start, spec.offset + stop
+                        target = rows[row, lo:hi]
+                        if typed is not None and subtrahend is not None:
+                            torch.sub(typed[start:stop], subtrahend[lo:hi], out=target)
+                        elif typed is not None:
+                            target.copy_(typed[start:stop])
+                        elif minus is None:
+                            out[row, lo:hi] = source[start:stop]
                         else:
-                            lo = spec.offset + start
-                            np.subtract(
-                                source[start:stop], minus[lo : lo + stop - start], out=target
-                            )
+                            np.subtract(source[start:stop], minus[lo:hi], out=out[row, lo:hi])
                         if finite is not None:
-                            total += float(torch.from_numpy(target).sum())  # faster than numpy
+                            total += float(target.sum())
                 if finite is not None:
                     finite[row] = math.isfinite(total) or bool(np.isfinite(out[row]).all())
-        tensor = torch.from_numpy(out)
+        tensor = rows
         if device is not None and tensor.device != torch.device(device):
             tensor = tensor.to(device)
         return tensor

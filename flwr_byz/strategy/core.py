@@ -918,7 +918,8 @@ class RobustAggregator:
             mask = torch.tensor([sub.node_id in honest for sub in accepted], dtype=torch.bool)
             n, f = len(accepted), report.num_byzantine
             if bool(mask.any()):
-                honest_vectors = vectors[mask.to(vectors.device)]
+                # all honest (no attack): the stacked rows themselves, no (k, d) copy
+                honest_vectors = vectors if bool(mask.all()) else vectors[mask.to(vectors.device)]
                 out.update(round_metrics.round_statistics(honest_vectors, n, f))
             if aggregation is not None and aggregation.participation is not None:
                 out["byzantine-influence"] = round_metrics.byzantine_influence(
