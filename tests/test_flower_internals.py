@@ -3,6 +3,8 @@ on the installed Flower: an upgrade that moves a private field fails here first.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -73,3 +75,15 @@ def test_message_ids_set_as_flower_reads_them() -> None:
     assert reply.metadata.reply_to_message_id == "m-1"  # Flower's own reply_to reads the id
     internals.set_reply_to(reply.metadata, "m-2")
     assert reply.metadata.reply_to_message_id == "m-2"
+
+
+def test_simulation_grid_polls_often_and_other_grids_are_left_alone() -> None:
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    grid = InMemoryGrid(SimpleNamespace(state=lambda: None))  # type: ignore[arg-type]
+    assert grid.pull_interval == 0.1  # Flower's default, which the helper lowers
+    internals.poll_replies_often(grid)
+    assert grid.pull_interval == internals.REPLY_POLL_SECONDS
+    other = SimpleNamespace(pull_interval=0.1)
+    internals.poll_replies_often(other)
+    assert other.pull_interval == 0.1

@@ -27,6 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_byz import attacks
+from flwr_byz.flower_internals import poll_replies_often
 from flwr_byz.grid_wrapper import GridWrapper
 from flwr_byz.metrics import detection_rates, split_prefixed
 from flwr_byz.schema import RunConfig, pre_steps
@@ -693,6 +694,7 @@ def main(grid: Grid, context: Context) -> None:
     """Flower entry point: the run config of ``context`` -> :func:`run_server`."""
     cfg = config_from_context(context.run_config)
     log(INFO, "%s: results go to %s", cfg.run_name, cfg.run_dir.resolve())
+    poll_replies_often(grid)
     record = run_server(grid, cfg)
     log(INFO, "%s: %s; results in %s", cfg.run_name, record.status, cfg.run_dir.resolve())
 
