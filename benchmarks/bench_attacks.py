@@ -48,8 +48,22 @@ def round_seconds(
             run_name="bench/attack",
         )  # fmt: skip
         record = engines.run(cfg, engine=engine, threads=threads)
-    seconds = [r["round-seconds"] for r in record.rounds if "round-seconds" in r]  # not round 0
+    trained = [r for r in record.rounds if "round-seconds" in r]  # not round 0
+    _check_happened(attack, trained)
+    seconds = [r["round-seconds"] for r in trained]
     return statistics.median(seconds[1:8] if len(seconds) > 1 else seconds)
+
+
+def _check_happened(attack: str, rounds: list[dict]) -> None:
+    """Refuse to time a run in which nothing happened: a round that kept the model, or (attacked
+    runs) a round without the f attackers' replies."""
+    kept = [r["round"] for r in rounds if r.get("kept-model")]
+    missing = [r["round"] for r in rounds if attack != "none" and r.get("attack-replies") != F]
+    if not rounds or kept or missing:
+        raise SystemExit(
+            f"bench_attacks: {attack}: nothing to time (rounds {len(rounds)}, kept the model in "
+            f"{kept}, fewer than {F} attack replies in {missing})"
+        )
 
 
 def per_attacker_path() -> None:

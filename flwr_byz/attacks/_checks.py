@@ -58,14 +58,19 @@ def mean_and_std(honest: Tensor, correction: int = 1) -> tuple[Tensor, Tensor]:
         return mu, torch.zeros_like(mu)
     divisor = torch.full((k,), 1.0 / (k - correction), dtype=honest.dtype, device=honest.device)
     sigma = torch.empty_like(mu)
-    # column blocks on CPU: the centred squares stay in cache instead of a (k, d) temporary
-    width = d if honest.device.type != "cpu" else max(1, _BLOCK_VALUES // k)
-    for start in range(0, d, width):
-        stop = min(d, start + width)
-        squares = honest[:, start:stop] - mu[start:stop]
+    # the centred squares of one column block stay in cache instead of a (k, d) temporary
+    for cols in column_slices(k, d, honest.device, honest.element_size()):
+        squares = honest[:, cols] - mu[cols]
         squares.mul_(squares)
-        sigma[start:stop] = divisor @ squares
+        sigma[cols] = divisor @ squares
     return mu, sigma.sqrt_()
 
 
-_BLOCK_VALUES = 1 << 18  # values per column block of mean_and_std (1 MiB of float32)
+_BLOCK_BYTES = 1 << 20  # bytes of one column block of column_slices: it stays in cache
+
+
+def column_slices(rows: int, d: int, device: torch.device, itemsize: int) -> list[slice]:
+    """Column slices of a ``(rows, d)`` tensor of ``itemsize``-byte values: blocks of ~1 MiB on
+    the CPU (cache-resident temporaries), one slice on an accelerator."""
+    width = d if device.type != "cpu" else max(1, _BLOCK_BYTES // (rows * itemsize))
+    return [slice(start, min(d, start + width)) for start in range(0, d, width)]

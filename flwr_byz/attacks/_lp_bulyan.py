@@ -105,7 +105,7 @@ class CoordinateStep:
     def __init__(self, values: Tensor, theta: int, beta: int) -> None:
         self.theta, self.beta = theta, beta
         self.by_column = values.T.contiguous()  # (d, k): a selection's columns are one gather
-        self.cache: dict[tuple[tuple[int, ...], int], tuple[Tensor, Tensor, Tensor]] = {}
+        self.cache: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
         self.hint: Tensor | None = None
 
     def sorted_columns(self, rows: tuple[int, ...], columns: Tensor | None = None) -> Tensor:
@@ -150,9 +150,9 @@ class CoordinateStep:
         return kept(ordered, attack[columns], copies, self.theta, self.beta)
 
     def _bounds(self, rows: tuple[int, ...], copies: int) -> tuple[Tensor, Tensor, Tensor]:
-        key = (rows, copies)
-        if key not in self.cache:
+        """The bounds of the selection ``rows`` (its copies: ``theta - len(rows)``), cached."""
+        if rows not in self.cache:
             if len(self.cache) >= _CACHED_SELECTIONS:
                 self.cache.pop(next(iter(self.cache)))
-            self.cache[key] = bounds(self.sorted_columns(rows), copies, self.theta, self.beta)
-        return self.cache[key]
+            self.cache[rows] = bounds(self.sorted_columns(rows), copies, self.theta, self.beta)
+        return self.cache[rows]

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from flwr_byz._finite import all_finite
 
+from ._checks import column_slices
 from ._lp_bulyan import CoordinateStep
 
 SURROGATE_RULES = ("krum", "multi_krum", "medoid", "bulyan")
@@ -99,16 +100,11 @@ def _centred_products(honest: Tensor, direction: Tensor) -> tuple[Tensor, Tensor
     g_bar = honest.mean(dim=0, dtype=torch.float64)
     gram = torch.zeros((k, k), dtype=torch.float64, device=honest.device)
     projections = torch.zeros(k, dtype=torch.float64, device=honest.device)
-    width = d if honest.device.type != "cpu" else max(1, _BLOCK_VALUES // k)
-    for start in range(0, d, width):
-        stop = min(d, start + width)
-        centred = honest[:, start:stop].to(torch.float64) - g_bar[start:stop]
+    for cols in column_slices(k, d, honest.device, itemsize=8):  # float64 blocks
+        centred = honest[:, cols].to(torch.float64) - g_bar[cols]
         gram.addmm_(centred, centred.T)
-        projections.addmv_(centred, direction[start:stop])
+        projections.addmv_(centred, direction[cols])
     return g_bar, gram, projections
-
-
-_BLOCK_VALUES = 1 << 17  # values per float64 column block of _centred_products (1 MiB)
 
 
 def _bulyan_chosen(

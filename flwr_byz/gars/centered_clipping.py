@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from flwr_byz._finite import all_finite
+
 from ._checks import check_inputs, finite_rows, require
 from ._types import Aggregation
 
@@ -58,7 +60,7 @@ def _centered_clipping_impl(
             shape = tuple(center.shape) if isinstance(center, Tensor) else type(center).__name__
             raise ValueError(f"centered_clipping: center must have {d} values, got {shape}")
         v = center.reshape(-1).to(device=vectors.device, dtype=torch.float64, copy=True)
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             raise ValueError("centered_clipping: center contains NaN or inf")
     share = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     mask = finite.to(torch.float64)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from flwr_byz._finite import all_finite
+
 from ._checks import check_inputs, finite_mask
 from ._types import Aggregation
 
@@ -72,7 +74,7 @@ def _fltrust_impl(vectors: Tensor, f: int = 0, server_update: Tensor | None = No
         got = tuple(server_update.shape) if isinstance(server_update, Tensor) else server_update
         raise ValueError(f"fltrust: server_update must be a tensor of {d} values, got {got!r}")
     g0 = server_update.reshape(-1).to(device=vectors.device, dtype=torch.float64)
-    if not bool(torch.isfinite(g0).all()):
+    if not all_finite(g0):
         raise ValueError("fltrust: server_update contains NaN or inf")
     g0_norm = torch.linalg.vector_norm(g0)
     if float(g0_norm) == 0.0:
