@@ -33,7 +33,9 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from flwr_byz._values import as_int
+from flwr_byz.codec import array_to_numpy
 from flwr_byz.grid_wrapper import GridWrapper, resent
+from flwr_byz.layout import ModelLayout
 
 from .keys import ADDRESS_KEY, HONEST_COUNT_KEY, PHASE_KEY, ROLE_KEY
 from .malicious import (
@@ -43,7 +45,6 @@ from .malicious import (
     SHARED_VECTOR_KEY,
     MaliciousClient,
 )
-from .records import flatten, record_to_state
 
 __all__ = ["NEEDS", "AdversaryGrid", "discover_roles", "needs_for_run_config"]
 
@@ -176,7 +177,7 @@ class AdversaryGrid(GridWrapper):
             node = reply.metadata.src_node_id
             return self.partition_of.get(node, node), node
 
-        return torch.stack([_reply_vector(r) for r in sorted(rows, key=order)])
+        return _stack_replies(sorted(rows, key=order))
 
     def honest_vectors(self, replies: Iterable[Message]) -> Tensor:
         """The ``(k, d)`` float32 vectors of the honest train replies without error, ordered by
@@ -207,10 +208,23 @@ class AdversaryGrid(GridWrapper):
         return self.attack.from_known(known, n, self.num_attackers).to(torch.float32).cpu()
 
 
-def _reply_vector(reply: Message) -> Tensor:
+def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
+    """The reply's model arrays as read-only numpy views of its bytes (no copy)."""
     records = reply.content.array_records
     arrays = records["arrays"] if "arrays" in records else next(iter(records.values()))
-    return flatten(record_to_state(arrays))
+    return {key: array_to_numpy(array) for key, array in arrays.items()}
+
+
+def _stack_replies(replies: list[Message]) -> Tensor:
+    """The ``(k, d)`` float32 flat vectors of ``replies`` (``flwr_byz.layout``'s vector, the
+    first reply's layout), written once into the stacked tensor; a reply whose arrays do not
+    match the first's raises ValueError naming the node and why."""
+    models = [_reply_arrays(reply) for reply in replies]
+    layout = ModelLayout(models[0])
+    for reply, arrays in zip(replies, models, strict=True):
+        if (problem := layout.check(arrays)) is not None:
+            raise ValueError(f"reply of node {reply.metadata.src_node_id}: {problem}")
+    return layout.stack(models).to(torch.float32)
 
 
 def _shared_attack(
