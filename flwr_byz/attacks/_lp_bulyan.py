@@ -11,8 +11,10 @@ fixed lower median ``c_lo`` below them (kept while ``c_lo - a <= delta_lo``). So
 
     kept  <=>  c_lo - delta_lo <= a <= c_hi + delta_hi.
 
-:class:`CoordinateStep` computes these bounds once per selection (one sort of the selected
-columns) and then decides a step with a few passes over ``d`` values; columns whose attack value
+:class:`CoordinateStep` computes these bounds once per selection (on CPU only the sorted
+positions they read, by a sorting network pruned to them, ``gars._columns.order_statistics``:
+about half the time of gathering and sorting every column) and then decides a step with a few
+passes over ``d`` values; columns whose attack value
 lies within rounding of a bound are decided by :func:`kept` itself, so every decision is the
 test's. A step that keeps a copy in one of the hint columns (those that kept it at the last
 chosen step) is decided on those columns alone, without sorting the selection.
@@ -21,10 +23,13 @@ chosen step) is decided on those columns alone, without sorting the selection.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from flwr_byz.gars._columns import order_statistics
 
 # Columns tried first at each step: some of those that kept the copies at the last chosen step.
 HINT_COLUMNS = 1024
@@ -61,41 +66,85 @@ def kept(ordered: Tensor, attack: Tensor, copies: int, theta: int, beta: int) ->
     return closer < beta
 
 
-def median_and_reach(ordered: Tensor, at: int, pair: bool, beta: int) -> tuple[Tensor, Tensor]:
-    """Per row, in float64: the median, ``ordered[:, at]`` or (``pair``) the midpoint of positions
+def _window(h: int, at: int, beta: int) -> range:
+    """The sorted positions that hold every window of ``beta`` positions containing ``at - 1``
+    or ``at`` (of ``h``): where the beta values nearest a median at ``at`` can lie."""
+    return range(max(0, at - beta), min(at, h - beta) + beta)
+
+
+def _median_and_reach(
+    position: Callable[[int], Tensor], h: int, at: int, pair: bool, beta: int
+) -> tuple[Tensor, Tensor]:
+    """Per row, in float64: the median, position ``at`` or (``pair``) the midpoint of positions
     ``at - 1`` and ``at``, and the ``beta``-th smallest ``|s - median|``. The beta nearest values
-    form a window of sorted positions holding ``at - 1`` or ``at``, so only those windows (and
-    only those columns, in float64) are read."""
-    h = ordered.shape[1]
-    first, last = max(0, at - beta), min(at, h - beta)
-    # positions first .. last + beta - 1 as contiguous float64 rows: fast row-wise passes
-    window = ordered[:, first : last + beta].T.to(
-        torch.float64, memory_format=torch.contiguous_format
-    )
-    here = at - first
-    center = 0.5 * (window[here - 1] + window[here]) if pair else window[here]
+    form a window of sorted positions holding ``at - 1`` or ``at`` (``_window``), so only those
+    positions are read; ``position(p)``: the float64 ``(d,)`` values at sorted position p."""
+    window = _window(h, at, beta)
+    rows = [position(p) for p in window]
+    here = at - window.start
+    center = 0.5 * (rows[here - 1] + rows[here]) if pair else rows[here]
     reach = torch.full_like(center, float("inf"))
-    for i in range(last - first + 1):  # the window of positions i .. i + beta - 1
-        far = torch.maximum((center - window[i]).abs(), (window[i + beta - 1] - center).abs())
+    for i in range(len(rows) - beta + 1):  # the window of positions i .. i + beta - 1
+        far = torch.maximum((center - rows[i]).abs(), (rows[i + beta - 1] - center).abs())
         torch.minimum(reach, far, out=reach)
     return center, reach
+
+
+def _positions_read(h: int, copies: int, theta: int, beta: int) -> frozenset[int]:
+    """The sorted positions of the ``h`` honest values that :func:`bounds` reads."""
+    m, pair = theta // 2, theta % 2 == 0
+    read = {0, h - 1, *_window(h, m, beta)}
+    if not (pair and m - copies - 1 < 0):
+        read.update(_window(h, m - copies, beta))
+    return frozenset(read)
+
+
+def _bounds_at(
+    position: Callable[[int], Tensor], h: int, copies: int, theta: int, beta: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`bounds` from ``position(p)`` (the float64 values at sorted position p)."""
+    m, pair = theta // 2, theta % 2 == 0
+    upper, reach = _median_and_reach(position, h, m, pair, beta)
+    high = upper + reach
+    if pair and m - copies - 1 < 0:  # no honest value below the middle: every lower a is kept
+        low = torch.full_like(high, float("-inf"))
+    else:
+        lower, reach = _median_and_reach(position, h, m - copies, pair, beta)
+        low = lower - reach
+    # every value the test compares near a bound is within 4x the largest |s| of the column
+    scale = torch.maximum(position(0).abs(), position(h - 1).abs())
+    return low, high, 4 * _BAND * scale
 
 
 def bounds(ordered: Tensor, copies: int, theta: int, beta: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(low, high, band)`` per row of ``ordered`` (sorted honest values of the selection, any
     float dtype), float64: the copies are kept iff ``low <= a <= high`` (module doc), up to
     rounding within ``band`` of either bound."""
-    m, pair = theta // 2, theta % 2 == 0
-    upper, reach = median_and_reach(ordered, m, pair, beta)
-    high = upper + reach
-    if pair and m - copies - 1 < 0:  # no honest value below the middle: every lower a is kept
-        low = torch.full_like(high, float("-inf"))
-    else:
-        lower, reach = median_and_reach(ordered, m - copies, pair, beta)
-        low = lower - reach
-    # every value the test compares near a bound is within 4x the largest |s| of the column
-    scale = torch.maximum(ordered[:, 0].abs(), ordered[:, -1].abs()).to(torch.float64)
-    return low, high, 4 * _BAND * scale
+    return _bounds_at(
+        lambda p: ordered[:, p].to(torch.float64), ordered.shape[1], copies, theta, beta
+    )
+
+
+def bounds_of_rows(
+    values: Tensor, rows: tuple[int, ...], copies: int, theta: int, beta: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`bounds` of the selection ``rows`` of ``values`` (``(k, d)``), the same values: on
+    CPU float32/64 only the sorted positions read are computed, by a pruned sorting network
+    over the rows (``order_statistics``), instead of gathering and sorting every column."""
+    h = len(rows)
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        ordered = values[list(rows)].T.sort(dim=1).values
+        return bounds(ordered, copies, theta, beta)
+    source = values.detach().numpy()
+    stats = order_statistics([source[r] for r in rows], _positions_read(h, copies, theta, beta))
+    widened: dict[int, Tensor] = {}  # each position converted once (the windows may overlap)
+
+    def position(p: int) -> Tensor:
+        if p not in widened:
+            widened[p] = torch.from_numpy(stats[p]).to(torch.float64)
+        return widened[p]
+
+    return _bounds_at(position, h, copies, theta, beta)
 
 
 class CoordinateStep:
@@ -104,21 +153,19 @@ class CoordinateStep:
 
     def __init__(self, values: Tensor, theta: int, beta: int) -> None:
         self.theta, self.beta = theta, beta
-        self.by_column = values.T.contiguous()  # (d, k): a selection's columns are one gather
+        self.values = values
         self.cache: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
         self.hint: Tensor | None = None
 
-    def sorted_columns(self, rows: tuple[int, ...], columns: Tensor | None = None) -> Tensor:
-        """``(d, h)`` (or ``(len(columns), h)``): each coordinate's values of ``rows``, sorted,
-        in the input's dtype (float32 sorts faster; the test converts what it reads)."""
-        table = self.by_column if columns is None else self.by_column[columns]
-        if table.device.type == "cpu":  # numpy gathers and sorts several times faster
-            picked = np.take(table.numpy(), np.asarray(rows), axis=1)  # C order, unlike [:, rows]
+    def sorted_columns(self, rows: tuple[int, ...], columns: Tensor) -> Tensor:
+        """``(len(columns), h)``: each of those coordinates' values of ``rows``, sorted, in the
+        input's dtype (float32 sorts faster; the test converts what it reads)."""
+        values = self.values
+        if values.device.type == "cpu":  # numpy gathers and sorts several times faster
+            picked = values.detach().numpy()[np.ix_(np.asarray(rows), columns.numpy())].T.copy()
             picked.sort(axis=1)
-            ordered = torch.from_numpy(picked)
-        else:
-            ordered = table[:, list(rows)].sort(dim=1).values
-        return ordered
+            return torch.from_numpy(picked)
+        return values[list(rows)][:, columns].T.sort(dim=1).values
 
     def keeps(self, rows: tuple[int, ...], copies: int, attack: Tensor) -> bool:
         """Whether the step keeps a copy of ``attack`` (float64 ``(d,)``) in some coordinate,
@@ -154,5 +201,5 @@ class CoordinateStep:
         if rows not in self.cache:
             if len(self.cache) >= _CACHED_SELECTIONS:
                 self.cache.pop(next(iter(self.cache)))
-            self.cache[rows] = bounds(self.sorted_columns(rows), copies, self.theta, self.beta)
+            self.cache[rows] = bounds_of_rows(self.values, rows, copies, self.theta, self.beta)
         return self.cache[rows]

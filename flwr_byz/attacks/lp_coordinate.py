@@ -136,9 +136,13 @@ def lp_coordinate_gamma(
     g_bar = honest.mean(dim=0)
     unit = direction(d, norm, coordinate, honest)
 
+    # the rule's input, the honest rows then f copies: written once, the copies at every call
+    vectors = torch.empty((n, d), dtype=honest.dtype, device=honest.device)
+    vectors[:k] = honest
+
     def chosen(gamma: float) -> bool:
-        attack = g_bar + gamma * unit
-        vectors = torch.cat([honest, attack.unsqueeze(0).expand(f, d)], dim=0)
+        vectors[k] = g_bar + gamma * unit
+        vectors[k + 1 :] = vectors[k]
         return attackers_chosen(rule.aggregate(vectors, f, **options), k, criterion)
 
     step = initial_gamma

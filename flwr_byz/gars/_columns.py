@@ -511,24 +511,66 @@ def _merge_exchange(m: int) -> list[tuple[int, int]]:
     return pairs
 
 
+_Plan = tuple[tuple[int, int, int], ...]
+
+
 @functools.lru_cache(maxsize=64)
-def _window_plan(
-    m: int, k: int, margin: int = 0
-) -> tuple[tuple[tuple[int, int, int], ...], int, int]:
-    """Comparators (i, j, kind) computing sorted positions ``[first, last_start + k)`` of m values
-    (and ``margin`` more on each side), kind 0: both outputs, 1: only the min (into i), 2: only
-    the max (into j); and (first, last_start), the range of the possible window starts for the k
-    values nearest the median. The outputs at the positions computed are the same values with or
-    without the margin (each is the exact order statistic, by the same comparators)."""
-    mid_lo, mid_hi = (m - 1) // 2, m // 2
-    first, last_start = max(0, mid_lo - k + 1), min(mid_hi, m - k)
-    live = set(range(max(0, first - margin), min(m, last_start + k + margin)))
+def positions_plan(m: int, live: frozenset[int]) -> _Plan:
+    """The comparators ``(i, j, kind)`` of Batcher's network for m wires that the sorted
+    positions ``live`` depend on, in order; kind 0: both outputs used, 1: only the min (into i),
+    2: only the max (into j). Each position computed is the exact order statistic."""
+    needed = set(live)
     plan = []
     for i, j in reversed(_merge_exchange(m)):
-        if i in live or j in live:
-            plan.append((i, j, 0 if i in live and j in live else (1 if i in live else 2)))
-            live.update((i, j))
-    return tuple(reversed(plan)), first, last_start
+        if i in needed or j in needed:
+            plan.append((i, j, 0 if i in needed and j in needed else (1 if i in needed else 2)))
+            needed.update((i, j))
+    return tuple(reversed(plan))
+
+
+def run_plan(wires: list[np.ndarray], plan: _Plan, spare: np.ndarray) -> np.ndarray:
+    """Apply ``plan`` to the equal-length ``wires`` in place (numpy ``minimum``/``maximum`` over
+    whole rows; the list's entries are swapped, not copied); returns the spare buffer left."""
+    for i, j, kind in plan:
+        low, high = wires[i], wires[j]
+        if kind == 0:
+            np.minimum(low, high, out=spare)
+            np.maximum(low, high, out=high)
+            wires[i], spare = spare, low
+        elif kind == 1:
+            np.minimum(low, high, out=low)
+        else:
+            np.maximum(low, high, out=high)
+    return spare
+
+
+def order_statistics(
+    rows: list[np.ndarray], positions: frozenset[int], block: int = 16384
+) -> dict[int, np.ndarray]:
+    """Per column of the m equal-length 1-D ``rows`` (finite values, one dtype), the sorted
+    ``positions`` (0: the smallest): position -> ``(d,)`` array. The pruned network runs over
+    column blocks (cache-resident) instead of sorting every column: the same values as a sort."""
+    d = rows[0].shape[0]
+    plan = positions_plan(len(rows), positions)
+    out = {p: np.empty(d, dtype=rows[0].dtype) for p in positions}
+    for lo in range(0, d, block):
+        hi = min(d, lo + block)
+        wires = [row[lo:hi].copy() for row in rows]
+        run_plan(wires, plan, np.empty(hi - lo, dtype=rows[0].dtype))
+        for p, values in out.items():
+            values[lo:hi] = wires[p]
+    return out
+
+
+def _window_plan(m: int, k: int, margin: int = 0) -> tuple[_Plan, int, int]:
+    """Comparators computing sorted positions ``[first, last_start + k)`` of m values (and
+    ``margin`` more on each side), and (first, last_start), the range of the possible window
+    starts for the k values nearest the median. The outputs at the positions computed are the
+    same values with or without the margin (each is the exact order statistic)."""
+    mid_lo, mid_hi = (m - 1) // 2, m // 2
+    first, last_start = max(0, mid_lo - k + 1), min(mid_hi, m - k)
+    live = frozenset(range(max(0, first - margin), min(m, last_start + k + margin)))
+    return positions_plan(m, live), first, last_start
 
 
 _BLOCK = 32768  # columns per block: the block's rows stay in the 2 MiB L2 cache (theta <= ~15)
@@ -568,17 +610,7 @@ def median_window_mean(
     def block(lo: int) -> None:
         hi = min(d, lo + _BLOCK)
         wires = [source[r, lo:hi].copy() for r in rows]
-        spare = np.empty(hi - lo, dtype=source.dtype)
-        for i, j, kind in plan:
-            low, high = wires[i], wires[j]
-            if kind == 0:
-                np.minimum(low, high, out=spare)
-                np.maximum(low, high, out=high)
-                wires[i], spare = spare, low
-            elif kind == 1:
-                np.minimum(low, high, out=low)
-            else:
-                np.maximum(low, high, out=high)
+        spare = run_plan(wires, plan, np.empty(hi - lo, dtype=source.dtype))
         twice = wires[mid_lo] + wires[mid_hi]
         kept = range(last_start, first + k)  # in every window (may be empty for even m)
         total = wires[kept[0]].copy() if kept else np.zeros(hi - lo, dtype=source.dtype)

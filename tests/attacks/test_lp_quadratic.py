@@ -9,7 +9,7 @@ import torch
 
 from flwr_byz import gars
 from flwr_byz.attacks import lp_coordinate_gamma
-from flwr_byz.attacks._lp_bulyan import CoordinateStep, bounds, kept
+from flwr_byz.attacks._lp_bulyan import CoordinateStep, bounds, bounds_of_rows, kept
 from flwr_byz.attacks._lp_surrogate import bulyan_selection, distance_surrogate
 from flwr_byz.attacks.lp_coordinate import attackers_chosen, direction
 from flwr_byz.gars.krum import krum_scores
@@ -112,6 +112,24 @@ def test_bounds_give_the_coordinate_step_of_the_slow_reference(theta, copies, be
                 assert (float(low[j]) <= float(a) <= float(high[j])) == expected, (j, float(a))
                 checked += 1
     assert checked > 1000
+
+
+@pytest.mark.parametrize(("theta", "copies", "beta"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bounds_of_rows_are_the_bounds_of_the_sorted_selection(theta, copies, beta, dtype):
+    """The sorting network's bounds (only the positions read) equal those of a full sort."""
+    generator = torch.Generator().manual_seed(theta + 100 * copies)
+    k, d = theta + 4, 5000
+    values = torch.randn(k, d, generator=generator).to(dtype)
+    values[:, :1000] = values[:, :1000].round()  # exact ties
+    rows = tuple(sorted(torch.randperm(k, generator=generator)[: theta - copies].tolist()))
+    ordered = values[list(rows)].T.sort(dim=1).values
+    for got, expected in zip(
+        bounds_of_rows(values, rows, copies, theta, beta),
+        bounds(ordered, copies, theta, beta),
+        strict=True,
+    ):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("seed", range(6))
