@@ -41,7 +41,7 @@ def main() -> None:
     print(f"{'rule':<13} {'n':>3} {'f':>3} {'path':<8} {'sort (s)':>9} {'network (s)':>12} ratio")
     for n in (int(x) for x in args.nodes.split(",")):
         vectors = torch.randn(n, args.params, generator=torch.Generator().manual_seed(n))
-        for name in ("median", "trimmed_mean"):
+        for name in ("median", "trimmed_mean", "phocas", "meamed"):
             rule = gars.get(name)
             f = rule.max_f(n)
             for path, call in (

@@ -461,6 +461,10 @@ def sorted_block(block: Tensor) -> Tensor:
     work = block if block.dtype in _NUMPY_DTYPES else block.float()
     if work.device.type != "cpu":
         return torch.sort(work, dim=0).values
+    n, width = work.shape
+    if _network_pays(work, frozenset(range(n))):  # small n: the whole network, no transposes
+        rows = list(work.detach().numpy())
+        return torch.from_numpy(_network_table(rows, list(range(n)), max(width, 1)))
     table = work.detach().numpy().T.copy()  # always a copy (the input may be a (n, 1) column)
     table.sort(axis=1)
     return torch.from_numpy(table).T.contiguous()
@@ -580,16 +584,23 @@ def order_statistics(
     """Per column of the m equal-length 1-D ``rows`` (finite values, one dtype), the sorted
     ``positions`` (0: the smallest): position -> ``(d,)`` array. The pruned network runs over
     column blocks (cache-resident) instead of sorting every column: the same values as a sort."""
+    ordered = sorted(positions)
+    table = _network_table(rows, ordered, block)
+    return {p: table[i] for i, p in enumerate(ordered)}
+
+
+def _network_table(rows: list[np.ndarray], positions: list[int], block: int) -> np.ndarray:
+    """``(len(positions), d)``: row i holds sorted position ``positions[i]`` of every column."""
     d = rows[0].shape[0]
-    plan = positions_plan(len(rows), positions)
-    out = {p: np.empty(d, dtype=rows[0].dtype) for p in positions}
+    plan = positions_plan(len(rows), frozenset(positions))
+    table = np.empty((len(positions), d), dtype=rows[0].dtype)
     for lo in range(0, d, block):
         hi = min(d, lo + block)
         wires = [row[lo:hi].copy() for row in rows]
         run_plan(wires, plan, np.empty(hi - lo, dtype=rows[0].dtype))
-        for p, values in out.items():
-            values[lo:hi] = wires[p]
-    return out
+        for i, p in enumerate(positions):
+            table[i, lo:hi] = wires[p]
+    return table
 
 
 # The pruned network replaces a block's sort where it has at most this many comparators per
@@ -599,17 +610,22 @@ def order_statistics(
 NETWORK_COMPARATORS_PER_VALUE = 6
 
 
-def network_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
-    """The sorted ``positions`` of the columns of the ``(n, B)`` block (position -> ``(B,)``
-    tensor) by the pruned sorting network, where it is faster than sorting the block (CPU, a
-    numpy dtype, few comparators: ``NETWORK_COMPARATORS_PER_VALUE``); None elsewhere. The same
-    values as ``sorted_block(block)[p]``."""
+def _network_pays(block: Tensor, positions: frozenset[int]) -> bool:
+    """Whether the pruned network computes ``positions`` of the ``(n, B)`` block faster than its
+    sort: CPU, a numpy dtype, at most ``NETWORK_COMPARATORS_PER_VALUE`` comparators per value."""
     n, width = block.shape
     if block.device.type != "cpu" or block.dtype not in _NUMPY_DTYPES or width == 0:
+        return False
+    return len(positions_plan(n, positions)) <= NETWORK_COMPARATORS_PER_VALUE * n
+
+
+def network_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
+    """The sorted ``positions`` of the columns of the ``(n, B)`` block (position -> ``(B,)``
+    tensor) by the pruned sorting network, where that pays (``_network_pays``); None elsewhere.
+    The same values as ``sorted_block(block)[p]``."""
+    if not _network_pays(block, positions):
         return None
-    if len(positions_plan(n, positions)) > NETWORK_COMPARATORS_PER_VALUE * n:
-        return None
-    stats = order_statistics(list(block.detach().numpy()), positions, block=width)
+    stats = order_statistics(list(block.detach().numpy()), positions, block=block.shape[1])
     return {p: torch.from_numpy(values) for p, values in stats.items()}
 
 

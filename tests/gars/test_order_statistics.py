@@ -31,11 +31,11 @@ def test_the_plan_is_pruned_to_the_positions_asked():
     assert all(kind == 0 for _, _, kind in full)
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed_mean"])
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "phocas", "meamed"])
 @pytest.mark.parametrize("n", [5, 8, 25, 26, 51])
 def test_window_rules_by_the_network_equal_those_by_the_sort(monkeypatch, rule, n):
-    """The coordinate-wise median and trimmed mean, values and participation, with the pruned
-    network on every block and with the full sort on every block: the same (ties included)."""
+    """The coordinate-wise rules, values and participation, with the pruned network on every
+    block and with the full sort on every block: the same (ties included)."""
     import torch
 
     from flwr_byz import gars
@@ -45,7 +45,7 @@ def test_window_rules_by_the_network_equal_those_by_the_sort(monkeypatch, rule, 
     vectors = torch.randn(n, 3000, generator=generator)
     vectors[:, :1000] = vectors[:, :1000].round()  # exact ties at the window bounds
     vectors[n - 2 :, 1000:1500] = vectors[0, 1000:1500]  # identical rows (ALIE-like)
-    f = (n - 1) // 4 if rule == "trimmed_mean" else (n - 1) // 2
+    f = (n - 1) // 4 if rule in ("trimmed_mean", "phocas") else (n - 1) // 2
     results = []
     for per_value in (10**6, -1):  # the network everywhere, then the sort everywhere
         monkeypatch.setattr(_columns, "NETWORK_COMPARATORS_PER_VALUE", per_value)
