@@ -83,9 +83,12 @@ def _median_and_reach(
     rows = [position(p) for p in window]
     here = at - window.start
     center = 0.5 * (rows[here - 1] + rows[here]) if pair else rows[here]
-    reach = torch.full_like(center, float("inf"))
-    for i in range(len(rows) - beta + 1):  # the window of positions i .. i + beta - 1
-        far = torch.maximum((center - rows[i]).abs(), (rows[i + beta - 1] - center).abs())
+    # the farthest of a sorted window from the center is one of its ends: for sorted ends
+    # lo <= hi, max(|c - lo|, |hi - c|) = max(c - lo, hi - c), exactly in floating point too
+    # (rounding is monotone), so no absolute values
+    reach = torch.maximum(center - rows[0], rows[beta - 1] - center)
+    for i in range(1, len(rows) - beta + 1):  # the window of positions i .. i + beta - 1
+        far = torch.maximum(center - rows[i], rows[i + beta - 1] - center)
         torch.minimum(reach, far, out=reach)
     return center, reach
 

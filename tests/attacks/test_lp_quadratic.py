@@ -155,11 +155,19 @@ def test_coordinate_step_decides_as_the_test_on_every_column(seed):
         assert step.keeps(rows, copies, attack) == expected, trial
 
 
-def test_bulyan_selection_is_the_iterated_krum_of_the_rule():
-    generator = torch.Generator().manual_seed(3)
-    n, f = 19, 4
+@pytest.mark.parametrize(("n", "f", "ties"), [(19, 4, False), (51, 12, False), (51, 12, True),
+                                              (13, 2, True), (7, 1, False)])  # fmt: skip
+def test_bulyan_selection_is_the_iterated_krum_of_the_rule(n, f, ties):
+    """Against Krum re-run on the remaining submatrix; ``ties``: integer points, many equal
+    distances and scores (the lowest index wins), and identical points (distance 0)."""
+    generator = torch.Generator().manual_seed(n + f)
     points = torch.randn(n, 7, generator=generator, dtype=torch.float64)
+    if ties:
+        points = points.round()
+        points[-f:] = points[-1]  # the attack's identical copies
     squared = torch.cdist(points, points).square()
+    if ties:
+        squared = squared.round()  # exact integer distances
     remaining, expected = list(range(n)), []
     for _ in range(n - 2 * f):
         index = torch.tensor(remaining)
