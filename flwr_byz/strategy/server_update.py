@@ -92,6 +92,14 @@ class ServerOptimizer:
                 f"model and aggregate differ in shape: {tuple(theta.shape)} vs "
                 f"{tuple(aggregate.shape)}"
             )
+        eta = cfg.learning_rate_at(server_round)
+        if cfg.update_mode != "gradient" and not (
+            cfg.clip_norm is not None or cfg.weight_decay or cfg.server_momentum
+        ):
+            # theta - eta (-aggregate) in one new tensor: IEEE products and sums are exact under
+            # sign flips and commutation, so these are the same values as the general path's
+            step = aggregate * eta
+            return step.add_(theta)
         grad = aggregate if cfg.update_mode == "gradient" else -aggregate
         if cfg.clip_norm is not None:
             norm = float(torch.linalg.vector_norm(grad.to(torch.float64)))
@@ -105,4 +113,4 @@ class ServerOptimizer:
             else:
                 self.momentum_buffer = cfg.server_momentum * self.momentum_buffer + grad
             grad = self.momentum_buffer
-        return theta - cfg.learning_rate_at(server_round) * grad
+        return theta - eta * grad
