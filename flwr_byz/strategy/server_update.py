@@ -93,12 +93,13 @@ class ServerOptimizer:
                 f"{tuple(aggregate.shape)}"
             )
         eta = cfg.learning_rate_at(server_round)
-        if cfg.update_mode != "gradient" and not (
-            cfg.clip_norm is not None or cfg.weight_decay or cfg.server_momentum
-        ):
-            # theta - eta (-aggregate) in one new tensor: IEEE products and sums are exact under
-            # sign flips and commutation, so these are the same values as the general path's
+        if not (cfg.clip_norm is not None or cfg.weight_decay or cfg.server_momentum):
+            # theta - eta g in one new tensor; weights mode (g = -aggregate) as theta + eta
+            # aggregate: IEEE products and sums are exact under sign flips and commutation, so
+            # these are the same values as the general path's
             step = aggregate * eta
+            if cfg.update_mode == "gradient":
+                return torch.sub(theta, step, out=step)
             return step.add_(theta)
         grad = aggregate if cfg.update_mode == "gradient" else -aggregate
         if cfg.clip_norm is not None:

@@ -142,20 +142,23 @@ def test_bad_options_are_refused_with_a_clear_message(kwargs: dict, message: str
         Average(**kwargs)
 
 
-@pytest.mark.parametrize("lr", [None, 0.1, 1.0, 0.37])
+@pytest.mark.parametrize(("mode", "lr"), [("weights", None), ("weights", 0.1), ("weights", 1.0),
+                                        ("weights", 0.37), ("gradient", 0.1), ("gradient", 1.0),
+                                        ("gradient", 0.37)])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_plain_update_step_is_theta_minus_eta_times_minus_the_aggregate(lr, dtype) -> None:
-    """Weights mode (deltas) with no clipping, decay or momentum: the new model is
-    ``theta - eta (-a)`` in the dtype, bit for bit (signed zeros and overflow to inf included)."""
+def test_the_plain_step_is_theta_minus_eta_times_the_gradient(mode, lr, dtype) -> None:
+    """No clipping, decay or momentum: the new model is ``theta - eta g`` (``g = a`` in gradient
+    mode, ``-a`` in weights mode) in the dtype, bit for bit (signed zeros and overflow to inf
+    included)."""
     generator = torch.Generator().manual_seed(5)
     theta = torch.randn(1000, generator=generator, dtype=torch.float64).to(dtype)
     aggregate = torch.randn(1000, generator=generator, dtype=torch.float64).to(dtype)
     theta[:4] = torch.tensor([-0.0, 0.0, -0.0, 1.0], dtype=dtype)
     aggregate[:4] = torch.tensor([0.0, -0.0, -0.0, torch.finfo(dtype).max], dtype=dtype)
-    optimizer = ServerOptimizer(ServerUpdateConfig("weights", lr, 3.0))
+    optimizer = ServerOptimizer(ServerUpdateConfig(mode, lr, 3.0))
     for server_round in (1, 4):
         eta = optimizer.config.learning_rate_at(server_round)
         got = optimizer.step(theta, aggregate, server_round)
-        expected = theta - eta * (-aggregate)
+        expected = theta - eta * (aggregate if mode == "gradient" else -aggregate)
         assert torch.equal(got, expected) and torch.equal(got.signbit(), expected.signbit())
         assert torch.equal(torch.isinf(got), torch.isinf(expected))
