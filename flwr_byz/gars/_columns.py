@@ -562,20 +562,34 @@ def positions_plan(m: int, live: frozenset[int]) -> _Plan:
     return tuple(reversed(plan))
 
 
-def run_plan(wires: list[np.ndarray], plan: _Plan, spare: np.ndarray) -> np.ndarray:
-    """Apply ``plan`` to the equal-length ``wires`` in place (numpy ``minimum``/``maximum`` over
-    whole rows; the list's entries are swapped, not copied); returns the spare buffer left."""
+def run_plan(sources: list[np.ndarray], plan: _Plan) -> tuple[list[np.ndarray], np.ndarray]:
+    """Apply ``plan`` to the equal-length 1-D ``sources`` (numpy ``minimum``/``maximum`` over
+    whole rows); returns the wires (position p's values at index p) and a spare buffer. The
+    sources are only read: a wire gets its own buffer when a comparator first writes it (the
+    comparator's output, not a copy of its input), so untouched wires stay the sources' views."""
+    wires = list(sources)
+    owned = [False] * len(wires)
+    width, dtype = sources[0].shape[0], sources[0].dtype
+
+    def buffer_for(index: int) -> np.ndarray:
+        if owned[index]:
+            return wires[index]
+        owned[index] = True
+        return np.empty(width, dtype=dtype)
+
+    spare = np.empty(width, dtype=dtype)
     for i, j, kind in plan:
         low, high = wires[i], wires[j]
         if kind == 0:
             np.minimum(low, high, out=spare)
-            np.maximum(low, high, out=high)
-            wires[i], spare = spare, low
+            wires[j] = np.maximum(low, high, out=buffer_for(j))
+            was_owned, owned[i] = owned[i], True
+            wires[i], spare = spare, (low if was_owned else np.empty(width, dtype=dtype))
         elif kind == 1:
-            np.minimum(low, high, out=low)
+            wires[i] = np.minimum(low, high, out=buffer_for(i))
         else:
-            np.maximum(low, high, out=high)
-    return spare
+            wires[j] = np.maximum(low, high, out=buffer_for(j))
+    return wires, spare
 
 
 def order_statistics(
@@ -596,8 +610,7 @@ def _network_table(rows: list[np.ndarray], positions: list[int], block: int) -> 
     table = np.empty((len(positions), d), dtype=rows[0].dtype)
     for lo in range(0, d, block):
         hi = min(d, lo + block)
-        wires = [row[lo:hi].copy() for row in rows]
-        run_plan(wires, plan, np.empty(hi - lo, dtype=rows[0].dtype))
+        wires, _ = run_plan([row[lo:hi] for row in rows], plan)
         for i, p in enumerate(positions):
             table[i, lo:hi] = wires[p]
     return table
@@ -676,8 +689,7 @@ def median_window_mean(
 
     def block(lo: int) -> None:
         hi = min(d, lo + _BLOCK)
-        wires = [source[r, lo:hi].copy() for r in rows]
-        spare = run_plan(wires, plan, np.empty(hi - lo, dtype=source.dtype))
+        wires, spare = run_plan([source[r, lo:hi] for r in rows], plan)
         twice = wires[mid_lo] + wires[mid_hi]
         kept = range(last_start, first + k)  # in every window (may be empty for even m)
         total = wires[kept[0]].copy() if kept else np.zeros(hi - lo, dtype=source.dtype)
