@@ -53,3 +53,21 @@ def test_window_rules_by_the_network_equal_those_by_the_sort(monkeypatch, rule, 
     network, sort = results
     assert torch.equal(network.vector, sort.vector)
     assert torch.equal(network.participation, sort.participation)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_where_bits_is_np_where_bit_for_bit(dtype):
+    from flwr_byz.gars._columns import _where_bits
+
+    rng = np.random.default_rng(7)
+    new = rng.standard_normal((3, 500)).astype(dtype)
+    old = rng.standard_normal((3, 500)).astype(dtype)
+    new[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+    old[0, :4] = [0.0, np.nan, -0.0, 1.0]
+    mask = rng.random((3, 500)) < 0.5
+    mask[0, :4] = [True, False, True, True]
+    out = np.empty_like(new)
+    _where_bits(mask, new, old, out=out)
+    expected = np.where(mask, new, old)
+    width = {2: np.int16, 4: np.int32, 8: np.int64}[np.dtype(dtype).itemsize]
+    np.testing.assert_array_equal(out.view(width), expected.view(width))
