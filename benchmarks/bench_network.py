@@ -1,6 +1,6 @@
-"""The coordinate-wise median and trimmed mean with the pruned sorting network against the same
-rules with the full per-block sort (``gars._columns.NETWORK_COMPARATORS_PER_VALUE`` set so that
-every block takes one or the other path), interleaved in one process, on the same input.
+"""The coordinate-wise rules (median, trimmed mean, Phocas, MeaMed) with the pruned sorting network
+against the same rules with the per-block sort (``gars._columns.NETWORK_COMPARATORS_PER_VALUE`` set
+so that every block takes one or the other path), interleaved in one process, on the same input.
 
     python benchmarks/bench_network.py [--nodes 11,25,39,51] [--params 1000000] [--repeats 5]
 

@@ -483,6 +483,18 @@ def sorted_block(block: Tensor) -> Tensor:
     return torch.from_numpy(table).T.contiguous()
 
 
+def block_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
+    """The sorted ``positions`` of the columns of the ``(n, B)`` block, position -> ``(B,)``
+    tensor, on CPU for numpy dtypes (None elsewhere): by the pruned network where it pays, else
+    read from the sorted transposed copy (``sorted_block`` without transposing all n rows back)."""
+    stats = network_order_statistics(block, positions)
+    if stats is not None or block.device.type != "cpu" or block.dtype not in _NUMPY_DTYPES:
+        return stats
+    table = block.detach().numpy().T.copy()  # (B, n): each column's values in one row
+    table.sort(axis=1)
+    return {p: torch.from_numpy(np.ascontiguousarray(table[:, p])) for p in positions}
+
+
 _COLUMN_BLOCK = 16384  # columns per block of the coordinate-wise rules (a multiple of 64)
 _DEVICE_BLOCK = 1 << 22  # on accelerators: fewer, larger blocks (launch overhead)
 

@@ -10,11 +10,11 @@ row index. The median and trimmed mean read only the window's sorted positions (
 with participation): on CPU, where the pruned sorting network has few comparators
 (``_columns.network_order_statistics``: n up to ~39 for the median), it computes just those
 positions instead of sorting the block (0.3x the time at n = 11, 0.55x at n = 25, 0.8x at n = 39,
-``benchmarks/bench_network.py``); elsewhere the block is sorted. Phocas and MeaMed take the window
-of the n - b (n - f) nearest values from the sorted block directly
-(``_columns.sorted_window_mean``). Participation (``track``) is counted from each window's bounds in
-the block's values (``_columns.window_participation``), not from an index sort: the tracked output
-is the plain function's, bit for bit.
+``benchmarks/bench_network.py``); elsewhere the block's transposed copy is sorted and read at those
+positions only (no transposing back). Phocas and MeaMed take the window of the n - b (n - f) nearest
+values from the sorted block directly (``_columns.sorted_window_mean``). Participation (``track``)
+is counted from each window's bounds in the block's values (``_columns.window_participation``), not
+from an index sort: the tracked output is the plain function's, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ._checks import check_inputs, extremes_as_inf, require, rows_known_finite
 from ._columns import (
+    block_order_statistics,
     column_blocks,
     fixed_window_participation,
     mean_over_rows,
@@ -33,7 +34,6 @@ from ._columns import (
     middle_positions,
     middle_value,
     nearest_by_row_index,
-    network_order_statistics,
     run_blocks,
     sorted_block,
     sorted_columns,
@@ -101,8 +101,8 @@ def _window_rule(
 
     def step(cols: slice) -> tuple[Tensor, Tensor | None]:
         block = keys(cols)
-        stats = network_order_statistics(block, read)
-        if stats is not None:  # only the positions read, by the pruned network
+        stats = block_order_statistics(block, read)
+        if stats is not None:  # only the positions read (CPU)
             if is_median:
                 value = middle_of(stats.__getitem__, n)
             else:
