@@ -73,15 +73,25 @@ def mean_over_rows(table: Tensor) -> Tensor:
     every block width, so a column's mean does not depend on how the columns were blocked (a
     BLAS vector-matrix product, or a reduction kernel, changes its order with the width); a
     strided reduction over the short row axis would also be several times slower on CPU."""
-    k = table.shape[0]
-    if k == 1:
+    if table.shape[0] == 1:
         return table[0].clone()
+    return mean_of_total(row_total(table), table.shape[0], table.dtype)
+
+
+def row_total(table: Tensor) -> Tensor:
+    """The float64 ``(d,)`` sum of the ``(k, d)`` table's rows, added one after the other (the
+    accumulator of ``mean_over_rows``; a new tensor, free to be added to in place)."""
     total = table[0].to(torch.float64)  # a copy: float32 rows are widened
     if total.data_ptr() == table.data_ptr():
         total = total.clone()
     for row in table[1:]:
         total.add_(row)
-    return (total / k).to(table.dtype)
+    return total
+
+
+def mean_of_total(total: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """``mean_over_rows``'s last step: the float64 total of k rows divided by k, in ``dtype``."""
+    return (total / k).to(dtype)
 
 
 def middle_value(ordered: Tensor) -> Tensor:
@@ -155,36 +165,59 @@ def nearest_by_row_index(sub: Tensor, center: Tensor, k: int) -> tuple[Tensor, T
 
 
 def sorted_window_mean(
-    ordered: Tensor, center: Tensor, k: int, with_start: bool = False
+    ordered: Tensor,
+    center: Tensor,
+    k: int,
+    with_start: bool = False,
+    kept_total: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """Per sorted column of ``ordered`` ``(n, B)``, the mean of the k values nearest to ``center``
-    when ``2k > n`` (Phocas, MeaMed), without index arrays; and the bool ``(B,)`` columns with an
+    (Phocas, MeaMed, nearest-median), without index arrays; and the bool ``(B,)`` columns with an
     exact distance tie between two different values (to be redone by row index); with
     ``with_start`` also the ``(B,)`` int64 window starts (for ``window_participation``).
 
-    Same window as ``nearest_mean``: start = #{a < n - k : s[a] + s[a + k] < 2c}. As ``n - k < k``
+    Same window as ``nearest_mean``: start = #{a < n - k : s[a] + s[a + k] < 2c}. When ``n - k < k``
     the window is the always-kept positions ``[n - k, k)`` plus, per candidate a < n - k,
-    ``s[a + k]`` if the window moved past a, else ``s[a]``.
+    ``s[a + k]`` if the window moved past a, else ``s[a]``. The mean is ``mean_over_rows`` of
+    those rows in that order; ``kept_total``, when given, is ``row_total`` of the kept positions
+    already computed by the caller (Phocas: they are Trmean_b's rows), added to in place.
     """
     n, width = ordered.shape
     twice = center.to(ordered.dtype) * 2
+    if 2 * k < n:
+        return _narrow_window_mean(ordered, twice, k, with_start)
+    if kept_total is None and 0 < n - k < k:
+        kept_total = row_total(ordered[n - k : k])
     if ordered.device.type != "cpu" or ordered.dtype not in _NUMPY_DTYPES or n == k:
         low, high = ordered[: n - k], ordered[k:]
         pair = low + high
         moved = pair < twice
-        table = torch.cat([ordered[n - k : k], torch.where(moved, high, low)])
+        picked = torch.where(moved, high, low)
+        if n == k:
+            value = mean_over_rows(ordered)
+        elif kept_total is None:  # 2k = n: no always-kept position
+            value = mean_over_rows(picked)
+        else:
+            for row in picked:
+                kept_total.add_(row)
+            value = mean_of_total(kept_total, k, ordered.dtype)
         tied = ((pair == twice) & (low != high)).any(dim=0)
         if with_start:
-            return mean_over_rows(table), tied, moved.sum(dim=0)
-        return mean_over_rows(table), tied
+            return value, tied, moved.sum(dim=0)
+        return value, tied
     sort, two = ordered.numpy(), twice.numpy()  # in place over preallocated buffers
     low_a, high_a = sort[: n - k], sort[k:]
-    table_a = np.empty((k, width), dtype=sort.dtype)
-    table_a[: 2 * k - n] = sort[n - k : k]
-    picked = table_a[2 * k - n :]
     pair_a = np.add(low_a, high_a)
     mask = np.less(pair_a, two)
-    _where_bits(mask, high_a, low_a, out=picked)
+    picked_a = np.empty((n - k, width), dtype=sort.dtype)
+    _where_bits(mask, high_a, low_a, out=picked_a)
+    if kept_total is None:  # 2k = n: no always-kept position
+        value = mean_over_rows(torch.from_numpy(picked_a))
+    else:
+        total = kept_total.numpy()
+        for row in picked_a:  # after the kept rows, in candidate order: mean_over_rows's adds
+            np.add(total, row, out=total)
+        value = mean_of_total(kept_total, k, ordered.dtype)
     start = _count_true(mask) if with_start else None
     np.equal(pair_a, two, out=mask)
     tied_a = np.zeros(width, dtype=bool)
@@ -192,8 +225,25 @@ def sorted_window_mean(
         columns = np.flatnonzero(mask.any(axis=0))
         tied_a[columns] = (mask[:, columns] & (low_a[:, columns] != high_a[:, columns])).any(axis=0)
     if start is not None:
-        return mean_over_rows(torch.from_numpy(table_a)), torch.from_numpy(tied_a), start
-    return mean_over_rows(torch.from_numpy(table_a)), torch.from_numpy(tied_a)
+        return value, torch.from_numpy(tied_a), start
+    return value, torch.from_numpy(tied_a)
+
+
+def _narrow_window_mean(
+    ordered: Tensor, twice: Tensor, k: int, with_start: bool
+) -> tuple[Tensor, ...]:
+    """``sorted_window_mean`` when ``2k < n`` (a nearest-median ``k`` below half): no position is
+    kept for sure, so the window ``[start, start + k)`` is gathered from its start. The pair sums
+    ``s[a] + s[a + k]`` grow with a, so ``moved`` is a prefix and its count is the start."""
+    n = ordered.shape[0]
+    low, high = ordered[: n - k], ordered[k:]
+    pair = low + high
+    moved = pair < twice
+    start = moved.sum(dim=0)
+    rows = start.unsqueeze(0) + torch.arange(k, device=ordered.device).unsqueeze(1)
+    value = mean_over_rows(torch.gather(ordered, 0, rows))
+    tied = ((pair == twice) & (low != high)).any(dim=0)
+    return (value, tied, start) if with_start else (value, tied)
 
 
 _SAME_WIDTH_INTS = {2: np.int16, 4: np.int32, 8: np.int64}

@@ -29,11 +29,13 @@ from ._columns import (
     block_order_statistics,
     column_blocks,
     fixed_window_participation,
+    mean_of_total,
     mean_over_rows,
     middle_of,
     middle_positions,
     middle_value,
     nearest_by_row_index,
+    row_total,
     run_blocks,
     sorted_block,
     sorted_columns,
@@ -133,14 +135,22 @@ def _nearest_rule(
     """Mean of the k values nearest to the median (MeaMed) or to Trmean_b (Phocas)."""
     n = vectors.shape[0]
 
-    def center_of(ordered: Tensor) -> Tensor:
-        return middle_value(ordered) if around_median else mean_over_rows(ordered[b : n - b])
+    def center_of(ordered: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The centre, and for Phocas its rows' float64 total: the window's kept positions
+        ``[n - k, k)`` are Trmean_b's ``[b, n - b)`` (k = n - b), summed once for both."""
+        if around_median or n - 2 * b == 1 or k == n:
+            center = middle_value(ordered) if around_median else mean_over_rows(ordered[b : n - b])
+            return center, None
+        total = row_total(ordered[b : n - b])
+        return mean_of_total(total, n - 2 * b, ordered.dtype), total
 
     def step(cols: slice) -> tuple[Tensor, Tensor | None]:
         block = keys(cols)
         ordered = sorted_block(block)
-        center = center_of(ordered)
-        value, tied, *start = sorted_window_mean(ordered, center, k, with_start=track)
+        center, kept = center_of(ordered)
+        value, tied, *start = sorted_window_mean(
+            ordered, center, k, with_start=track, kept_total=kept
+        )
         nearest = None
         if bool(tied.any()):
             columns = torch.nonzero(tied, as_tuple=True)[0]

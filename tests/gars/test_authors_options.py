@@ -98,3 +98,33 @@ def test_nearest_median_requirements() -> None:
         nearest_median(POINTS[:2], 1)
     with pytest.raises(ValueError, match="1 <= k <= n"):
         nearest_median(POINTS, 1, k=6)
+
+
+def _nearest_median_reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Per column, the mean of the k values nearest the median, ties to the lower row."""
+    out = []
+    for column in x.to(torch.float64).T.tolist():
+        ordered = sorted(column)
+        n = len(ordered)
+        mid = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+        rows = sorted(range(n), key=lambda i: (abs(column[i] - mid), i))[:k]
+        out.append(sum(column[i] for i in rows) / k)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_nearest_median_every_k_including_below_half(n: int) -> None:
+    # k < n / 2 keeps no position for sure (the window is gathered from its start)
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 300, generator=gen, dtype=torch.float64)
+    x[:, :40] = torch.randint(0, 4, (n, 40), generator=gen).double()  # ties
+    for k in range(1, n + 1):
+        expected = _nearest_median_reference(x, k)
+        assert torch.allclose(nearest_median(x, 1, k=k), expected, rtol=1e-12, atol=1e-12), k
+        agg = gars.aggregate("nearest_median", x, 1, k=k)
+        assert torch.allclose(agg.vector, expected, rtol=1e-12, atol=1e-12), k
+        assert agg.participation.sum().item() == pytest.approx(1.0)
+        if n % 2 == 0 and k == 1:
+            continue  # the two middle values tie exactly; a float32 midpoint may break the tie
+        narrow = nearest_median(x[:, 40:].float(), 1, k=k)  # continuous columns: no near-ties
+        assert torch.allclose(narrow.double(), expected[40:], rtol=1e-5, atol=1e-5), k
