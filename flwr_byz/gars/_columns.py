@@ -180,27 +180,23 @@ def sorted_window_mean(
     the window is the always-kept positions ``[n - k, k)`` plus, per candidate a < n - k,
     ``s[a + k]`` if the window moved past a, else ``s[a]``. The mean is ``mean_over_rows`` of
     those rows in that order; ``kept_total``, when given, is ``row_total`` of the kept positions
-    already computed by the caller (Phocas: they are Trmean_b's rows), added to in place.
+    already computed by the caller (Phocas: they are Trmean_b's rows), added to in place. When
+    ``2k < n`` no position is kept for sure: the window ``[start, start + k)`` is gathered.
     """
     n, width = ordered.shape
     twice = center.to(ordered.dtype) * 2
-    if 2 * k < n:
-        return _narrow_window_mean(ordered, twice, k, with_start)
-    if kept_total is None and 0 < n - k < k:
+    if kept_total is None and n - k < k:
         kept_total = row_total(ordered[n - k : k])
-    if ordered.device.type != "cpu" or ordered.dtype not in _NUMPY_DTYPES or n == k:
+    numpy_path = ordered.device.type == "cpu" and ordered.dtype in _NUMPY_DTYPES
+    if not numpy_path or n == k or 2 * k < n:
         low, high = ordered[: n - k], ordered[k:]
         pair = low + high
-        moved = pair < twice
-        picked = torch.where(moved, high, low)
-        if n == k:
-            value = mean_over_rows(ordered)
-        elif kept_total is None:  # 2k = n: no always-kept position
-            value = mean_over_rows(picked)
+        moved = pair < twice  # a prefix of each column: the pair sums grow with a
+        if 2 * k < n:  # no position kept for sure: gather the window from its start
+            rows = moved.sum(dim=0) + torch.arange(k, device=ordered.device).unsqueeze(1)
+            value = mean_over_rows(torch.gather(ordered, 0, rows))
         else:
-            for row in picked:
-                kept_total.add_(row)
-            value = mean_of_total(kept_total, k, ordered.dtype)
+            value = _window_value(kept_total, torch.where(moved, high, low), k, ordered.dtype)
         tied = ((pair == twice) & (low != high)).any(dim=0)
         if with_start:
             return value, tied, moved.sum(dim=0)
@@ -211,13 +207,7 @@ def sorted_window_mean(
     mask = np.less(pair_a, two)
     picked_a = np.empty((n - k, width), dtype=sort.dtype)
     _where_bits(mask, high_a, low_a, out=picked_a)
-    if kept_total is None:  # 2k = n: no always-kept position
-        value = mean_over_rows(torch.from_numpy(picked_a))
-    else:
-        total = kept_total.numpy()
-        for row in picked_a:  # after the kept rows, in candidate order: mean_over_rows's adds
-            np.add(total, row, out=total)
-        value = mean_of_total(kept_total, k, ordered.dtype)
+    value = _window_value(kept_total, torch.from_numpy(picked_a), k, ordered.dtype)
     start = _count_true(mask) if with_start else None
     np.equal(pair_a, two, out=mask)
     tied_a = np.zeros(width, dtype=bool)
@@ -229,21 +219,15 @@ def sorted_window_mean(
     return value, torch.from_numpy(tied_a)
 
 
-def _narrow_window_mean(
-    ordered: Tensor, twice: Tensor, k: int, with_start: bool
-) -> tuple[Tensor, ...]:
-    """``sorted_window_mean`` when ``2k < n`` (a nearest-median ``k`` below half): no position is
-    kept for sure, so the window ``[start, start + k)`` is gathered from its start. The pair sums
-    ``s[a] + s[a + k]`` grow with a, so ``moved`` is a prefix and its count is the start."""
-    n = ordered.shape[0]
-    low, high = ordered[: n - k], ordered[k:]
-    pair = low + high
-    moved = pair < twice
-    start = moved.sum(dim=0)
-    rows = start.unsqueeze(0) + torch.arange(k, device=ordered.device).unsqueeze(1)
-    value = mean_over_rows(torch.gather(ordered, 0, rows))
-    tied = ((pair == twice) & (low != high)).any(dim=0)
-    return (value, tied, start) if with_start else (value, tied)
+def _window_value(kept_total: Tensor | None, picked: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    """The window's mean as ``mean_over_rows`` of the kept rows then the ``picked`` candidates:
+    the candidates added in order onto ``kept_total`` (in place), or, when no position is kept
+    (2k = n), the mean of the candidates alone."""
+    if kept_total is None:
+        return mean_over_rows(picked)
+    for row in picked:
+        kept_total.add_(row)
+    return mean_of_total(kept_total, k, dtype)
 
 
 _SAME_WIDTH_INTS = {2: np.int16, 4: np.int32, 8: np.int64}

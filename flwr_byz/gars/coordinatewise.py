@@ -138,9 +138,8 @@ def _nearest_rule(
     def center_of(ordered: Tensor) -> tuple[Tensor, Tensor | None]:
         """The centre, and for Phocas its rows' float64 total: the window's kept positions
         ``[n - k, k)`` are Trmean_b's ``[b, n - b)`` (k = n - b), summed once for both."""
-        if around_median or n - 2 * b == 1 or k == n:
-            center = middle_value(ordered) if around_median else mean_over_rows(ordered[b : n - b])
-            return center, None
+        if around_median:
+            return middle_value(ordered), None
         total = row_total(ordered[b : n - b])
         return mean_of_total(total, n - 2 * b, ordered.dtype), total
 
