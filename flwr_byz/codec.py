@@ -11,17 +11,19 @@ from __future__ import annotations
 import functools
 import io
 import math
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from numpy.lib import format as npy_format
 
 from flwr_byz.flower_internals import new_array
 
-__all__ = ["array_to_numpy", "decode_arrayrecord", "npy_header", "numpy_to_array"]
+__all__ = ["array_to_numpy", "decode_arrayrecord", "npy_header", "numpy_to_array", "records_of"]
 
 _NPY_MAGIC = b"\x93NUMPY"
+_Record = TypeVar("_Record", ArrayRecord, MetricRecord, ConfigRecord)
 _CACHED_HEADER_BYTES = 4096
 
 
@@ -129,3 +131,11 @@ def decode_arrayrecord(record: ArrayRecord) -> tuple[dict[str, np.ndarray] | Non
         except Exception as err:  # any decoding failure excludes the reply
             return None, f"array {key!r} cannot be decoded: {type(err).__name__}: {err}"
     return arrays, None
+
+
+def records_of(content: RecordDict, kind: type[_Record]) -> dict[str, _Record]:
+    """The records of type ``kind`` in ``content``, by key, in its order: what RecordDict's
+    ``array_records``, ``metric_records`` and ``config_records`` hold, as a plain dict. Those
+    properties build a type-checked synced view on every access (~14 us, against ~1.5 us here),
+    and a round reads them for every reply."""
+    return {key: record for key, record in content.items() if isinstance(record, kind)}

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from logging import ERROR, WARNING
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from flwr_byz import attacks
 from flwr_byz._values import as_float, as_int
+from flwr_byz.codec import records_of
 from flwr_byz.schema import ClientConfig
 
 from .coordinator import CoordinatorClient, CoordinatorError
@@ -77,12 +78,12 @@ def client_config(context: Context) -> ClientConfig:
 
 
 def _train_config(message: Message) -> ConfigRecord:
-    records = message.content.config_records
-    return records["config"] if "config" in records else ConfigRecord()
+    record = message.content.get("config")
+    return record if isinstance(record, ConfigRecord) else ConfigRecord()
 
 
 def _arrays_state(message: Message) -> dict[str, Tensor]:
-    records = message.content.array_records
+    records = records_of(message.content, ArrayRecord)
     if "arrays" in records:
         return record_to_state(records["arrays"])
     if len(records) == 1:

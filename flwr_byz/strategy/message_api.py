@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array
+from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array, records_of
 from flwr_byz.metrics import PARTITION_ID_KEY, median_client_metrics
 from flwr_byz.strategy import rules
 from flwr_byz.strategy.core import Submission, group_by_reason
@@ -85,7 +85,7 @@ def describe_error(code: int, reason: str | None) -> str:
 def _reply_metrics(message: Message) -> dict[str, Any]:
     """The reply's scalar metrics (all its MetricRecords merged)."""
     merged: dict[str, Any] = {}
-    for record in message.content.metric_records.values():
+    for record in records_of(message.content, MetricRecord).values():
         merged.update(record)
     return merged
 
@@ -203,11 +203,12 @@ class RobustStrategy(RobustBase, FedAvg):
             return Submission(node_id, None, "reply has no content")
         content = message.content
         metrics = _reply_metrics(message)
-        if self.arrayrecord_key not in content.array_records:
+        record = content.get(self.arrayrecord_key)
+        if not isinstance(record, ArrayRecord):
             return Submission(
                 node_id, None, f"no ArrayRecord under key {self.arrayrecord_key!r}", metrics
             )
-        arrays, problem = decode_arrayrecord(content.array_records[self.arrayrecord_key])
+        arrays, problem = decode_arrayrecord(record)
         return Submission(node_id, arrays, problem, metrics)
 
     def aggregate_train(

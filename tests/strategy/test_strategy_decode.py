@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array
+from flwr_byz.codec import array_to_numpy, decode_arrayrecord, numpy_to_array, records_of
 
 DTYPES = ["<f4", ">f4", "<f8", "<f2", "<i8", ">i4", "|b1", "|u1"]
 
@@ -79,3 +79,28 @@ def test_cached_header_does_not_hide_malformed_data() -> None:
         numpy_to_array([1.0, 2.0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="allow_pickle"):
         numpy_to_array(pickled)  # Flower's path, and its refusal
+
+
+def test_records_of_matches_flowers_typed_views() -> None:
+    """records_of(content, kind) holds what RecordDict's typed properties hold, in order."""
+    arrays = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+    content = RecordDict(
+        {
+            "m2": MetricRecord({"b": 2.0}),
+            "arrays": arrays,
+            "config": ConfigRecord({"x": "y"}),
+            "m1": MetricRecord({"a": 1}),
+            "more": ArrayRecord(),
+        }
+    )
+    views = {
+        ArrayRecord: content.array_records,
+        MetricRecord: content.metric_records,
+        ConfigRecord: content.config_records,
+    }
+    for kind, view in views.items():
+        found = records_of(content, kind)
+        assert list(found) == list(view)
+        assert all(found[key] is view[key] for key in view)
+    assert list(records_of(content, MetricRecord)) == ["m2", "m1"]
+    assert records_of(RecordDict(), ArrayRecord) == {}

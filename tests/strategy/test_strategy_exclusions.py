@@ -123,16 +123,19 @@ def test_undecodable_array_and_missing_record_are_excluded() -> None:
             return Message(RecordDict({"arrays": record}), reply_to=message)
         if role == "no-record":
             return Message(RecordDict({"m": MetricRecord({"x": 1.0})}), reply_to=message)
+        if role == "wrong-type":  # the key is there, but holds metrics
+            return Message(RecordDict({"arrays": MetricRecord({"x": 1.0})}), reply_to=message)
         return good(message, context)
 
-    roles = ["honest"] * 4 + ["garbage", "no-record"]
-    strategy = Median(num_byzantine=2, **_sampling(len(roles)))
+    roles = ["honest"] * 5 + ["garbage", "no-record", "wrong-type"]
+    strategy = Median(num_byzantine=3, **_sampling(len(roles)))
     grid = InProcessGrid(app, node_configs(roles))
     strategy.start(grid, to_record(initial_arrays()), num_rounds=1)
     reasons = strategy.last_round_report.excluded_reasons
-    assert set(reasons) == {5, 6}
-    assert "cannot be decoded" in reasons[5]
-    assert "no ArrayRecord under key 'arrays'" in reasons[6]
+    assert set(reasons) == {6, 7, 8}
+    assert "cannot be decoded" in reasons[6]
+    assert "no ArrayRecord under key 'arrays'" in reasons[7]
+    assert "no ArrayRecord under key 'arrays'" in reasons[8]
 
 
 def test_train_loss_is_the_median_over_accepted_honest_replies() -> None:
