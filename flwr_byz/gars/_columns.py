@@ -736,7 +736,10 @@ def median_window_mean(
     The window start is ``first + #{a in [first, last_start) : s[a] + s[a + k] < 2c}`` (the pair
     sums grow with a; below ``first`` they are <= 2c with equality only among values equal to c,
     from ``last_start`` on >= 2c), the same comparison as ``nearest_mean``. Window sum: for each
-    candidate a, s[a + k] if the window moved past a, else s[a]; plus the always-kept positions.
+    candidate a, s[a + k] if the window moved past a, else s[a]; plus the always-kept positions,
+    in a float64 accumulator divided by k and rounded once to the input's dtype (as
+    ``mean_over_rows``, which Bulyan's general path uses: the same values bit for bit in every
+    case we compared).
 
     ``track``: also the kept-value counts ``(m,)`` float64 per entry of ``rows``, as
     ``window_participation`` counts them (tied columns left out, for the caller), from the window
@@ -749,7 +752,6 @@ def median_window_mean(
     mid_lo, mid_hi = (m - 1) // 2, m // 2
     out = np.empty(d, dtype=source.dtype)
     ties: list[np.ndarray] = []
-    scale = source.dtype.type(1.0 / k)
     counts = np.zeros(m, dtype=np.float64)
     lock = threading.Lock()
     nan = source.dtype.type(np.nan)
@@ -761,7 +763,9 @@ def median_window_mean(
         wires, spare = run_plan([source[r, lo:hi] for r in rows], plan)
         twice = wires[mid_lo] + wires[mid_hi]
         kept = range(last_start, first + k)  # in every window (may be empty for even m)
-        total = wires[kept[0]].copy() if kept else np.zeros(hi - lo, dtype=source.dtype)
+        # a float64 accumulator, as mean_over_rows (a float32 one put the mean of k equal values
+        # an ulp away from them)
+        total = wires[kept[0]].astype(np.float64) if kept else np.zeros(hi - lo)
         for p in kept[1:]:
             total += wires[p]
         tie = None
@@ -789,8 +793,8 @@ def median_window_mean(
                 step = (wires[a + 1], right, left, wires[a + k + 1] if a + k + 1 < m else gone)
                 for bound, new in zip(bounds, step, strict=True):
                     _select_bits(bound.view(ints), new.view(ints), bits, scratch)
-        total *= scale
-        out[lo:hi] = total
+        total /= k
+        out[lo:hi] = total  # rounded to the input's dtype, as mean_of_total
         if tie is not None and tie.any():
             ties.append(np.flatnonzero(tie) + lo)
         if track:

@@ -141,3 +141,54 @@ def test_float32_inputs_match_float64_reference_closely():
         out = gars.get(name)(x32, 2)
         assert out.dtype == torch.float32
         np.testing.assert_allclose(out.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _float32_cancelling(n: int, d: int, seed: int) -> np.ndarray:
+    """float32 values whose column sums nearly cancel (centred columns): a float32 accumulator
+    loses most digits of such a mean, a float64 one none."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return (x - x.mean(axis=0, dtype=np.float64).astype(np.float32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n,f", [(11, 1), (11, 2), (27, 1), (27, 6), (51, 12)])
+def test_float32_means_are_rounded_once(n, f):
+    """Every mean of float32 values is the float64 mean rounded to float32 (within one ulp):
+    no float32 accumulator. The reference runs on the same float32 values in float64."""
+    x32 = _float32_cancelling(n, 3000, seed=n * 10 + f)
+    x = x32.astype(np.float64)
+    for name, expected in [
+        ("trimmed_mean", ref.trimmed_mean(x, f)),
+        ("phocas", ref.phocas(x, f)),
+        ("meamed", ref.meamed(x, f)),
+        ("bulyan", ref.bulyan(x, f)[0]),
+    ]:
+        out = gars.get(name)(torch.from_numpy(x32), f).numpy()
+        rounded = expected.astype(np.float32)
+        ulps = np.abs(out.astype(np.float64) - rounded) / np.spacing(np.abs(rounded))
+        assert ulps.max() <= 1, (name, float(ulps.max()))
+
+
+# These average whole vectors in one BLAS product in the input's dtype (docs/ALGORITHMS.md,
+# "Rounding"): float32 rounding, not bit for bit.
+_BLAS_MEANS = ("average", "multi_krum", "brute")
+
+
+@pytest.mark.parametrize("name", gars.NAMES)
+@pytest.mark.parametrize("n", [7, 11, 27])
+def test_identical_float32_inputs_give_that_input(name, n):
+    """n copies of one float32 vector aggregate to that vector at every f: bit for bit, except
+    the BLAS means, which stay within the recursive-summation bound of n units in the last
+    place."""
+    rule = gars.get(name)
+    row = torch.from_numpy(np.random.default_rng(n).normal(size=500).astype(np.float32))
+    x = row.repeat(n, 1)
+    for f in sorted({0, 1, rule.max_f(n)} if name != "brute" else {0, 1}):
+        if f > rule.max_f(n):
+            continue
+        out = rule(x, f)
+        if name in _BLAS_MEANS:
+            ulps = (out.double() - row.double()).abs() / np.spacing(row.abs().numpy())
+            assert float(ulps.max()) <= n, (name, n, f, float(ulps.max()))
+        else:
+            assert torch.equal(out, row), (name, n, f)
