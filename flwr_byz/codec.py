@@ -136,6 +136,6 @@ def decode_arrayrecord(record: ArrayRecord) -> tuple[dict[str, np.ndarray] | Non
 def records_of(content: RecordDict, kind: type[_Record]) -> dict[str, _Record]:
     """The records of type ``kind`` in ``content``, by key, in its order: what RecordDict's
     ``array_records``, ``metric_records`` and ``config_records`` hold, as a plain dict. Those
-    properties build a type-checked synced view on every access (~14 us, against ~1.5 us here),
-    and a round reads them for every reply."""
+    properties build a type-checked synced view on every access (7.8 us measured for a reply of
+    two records, against 0.9 us here), and a round reads them for every reply."""
     return {key: record for key, record in content.items() if isinstance(record, kind)}

@@ -78,8 +78,7 @@ def client_config(context: Context) -> ClientConfig:
 
 
 def _train_config(message: Message) -> ConfigRecord:
-    record = message.content.get("config")
-    return record if isinstance(record, ConfigRecord) else ConfigRecord()
+    return records_of(message.content, ConfigRecord).get("config", ConfigRecord())
 
 
 def _arrays_state(message: Message) -> dict[str, Tensor]:

@@ -738,8 +738,8 @@ def median_window_mean(
     from ``last_start`` on >= 2c), the same comparison as ``nearest_mean``. Window sum: for each
     candidate a, s[a + k] if the window moved past a, else s[a]; plus the always-kept positions,
     in a float64 accumulator divided by k and rounded once to the input's dtype (as
-    ``mean_over_rows``, which Bulyan's general path uses: the same values bit for bit in every
-    case we compared).
+    ``mean_over_rows``, which Bulyan's general path uses: the same values bit for bit in the 21
+    cases compared, n = 7 to 51).
 
     ``track``: also the kept-value counts ``(m,)`` float64 per entry of ``rows``, as
     ``window_participation`` counts them (tied columns left out, for the caller), from the window

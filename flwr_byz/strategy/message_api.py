@@ -203,8 +203,8 @@ class RobustStrategy(RobustBase, FedAvg):
             return Submission(node_id, None, "reply has no content")
         content = message.content
         metrics = _reply_metrics(message)
-        record = content.get(self.arrayrecord_key)
-        if not isinstance(record, ArrayRecord):
+        record = records_of(content, ArrayRecord).get(self.arrayrecord_key)
+        if record is None:
             return Submission(
                 node_id, None, f"no ArrayRecord under key {self.arrayrecord_key!r}", metrics
             )
