@@ -11,8 +11,9 @@ Relaying models the adversary eavesdropping on the channel; honest nodes do noth
 
 A legacy ``ServerApp(server_fn=...)`` sends one message per call, from concurrent threads (one per
 node): a Byzantine node's call then waits until the round's other train calls (same group id)
-have returned (then 0.5 s of quiet; while no honest reply of the round has come, at least 10 s)
-and relays their honest replies. ``adversary_app`` wraps such a ServerApp's grid.
+have returned (then 0.5 s of quiet; while no honest reply of the round has come, or fewer than
+the previous lone call relayed, at least 10 s: a thread can start late on a busy machine) and
+relays their honest replies. ``adversary_app`` wraps such a ServerApp's grid.
 
 The grid also counts the replies the mod marked as attacked (``ATTACKED``, stripped here):
 ``attacked_rounds`` (round -> sorted sender ids) and ``attacked_node_ids``.
@@ -35,7 +36,7 @@ from ._mod import ATTACKED, NEEDS_HONEST, RELAY_ARRAYS, RELAY_CONFIG, _is_train,
 from ._records import LEGACY_RES, find_arrays, flat, to_arrays
 
 SETTLE_SECONDS = 0.5  # a lone Byzantine call waits this long after the round's last train call
-LONE_WAIT_SECONDS = 10.0  # ... and, while no honest reply of the round has come, at least this
+LONE_WAIT_SECONDS = 10.0  # ... and, while fewer honest replies came than last time, at least this
 _KEPT_GROUPS = 2  # honest replies kept per group (round), for the lone calls of legacy apps
 
 
@@ -66,6 +67,7 @@ class RelayGrid(GridWrapper):
         self._inflight: dict[str, int] = {}  # group id -> honest train messages not yet answered
         self._entered: dict[str, float] = {}  # group id -> when its last train call began
         self._honest: dict[str, dict[int, np.ndarray]] = {}  # group id -> sender -> row
+        self._lone_relayed = 1  # honest rows the last lone call relayed (expected again)
 
     @property
     def attacked_node_ids(self) -> list[int]:
@@ -100,14 +102,17 @@ class RelayGrid(GridWrapper):
             while True:
                 now = time.monotonic()
                 settled = now - max(self._entered.get(group, 0.0), start)
-                heard = bool(self._honest.get(group)) or now - start >= LONE_WAIT_SECONDS
+                heard = len(self._honest.get(group, {})) >= self._lone_relayed
+                heard = heard or now - start >= LONE_WAIT_SECONDS
                 if self._inflight.get(group, 0) == 0 and settled >= SETTLE_SECONDS and heard:
                     break
                 remaining = left()
                 if remaining is not None and remaining <= 0:
                     break
                 self._cond.wait(0.1 if remaining is None else min(0.1, remaining))
-            return dict(self._honest.get(group, {}))
+            rows = dict(self._honest.get(group, {}))
+            self._lone_relayed = max(1, len(rows))
+            return rows
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
