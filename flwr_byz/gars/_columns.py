@@ -100,10 +100,19 @@ def middle_value(ordered: Tensor) -> Tensor:
 
 
 def middle_of(position: Callable[[int], Tensor], n: int) -> Tensor:
-    """:func:`middle_value` from ``position(p)``, the values at sorted position p of n."""
+    """:func:`middle_value` from ``position(p)``, the values at sorted position p of n.
+
+    The mean of two middle values is ``(a + b) * 0.5``; where that sum overflows (both near the
+    dtype's largest finite value) it is ``a * 0.5 + b * 0.5`` instead, which cannot overflow and
+    is exact there (halving such values loses no bits). Elsewhere the bits are unchanged."""
     if n % 2:
         return position(n // 2).clone()
-    return (position(n // 2 - 1) + position(n // 2)) * 0.5
+    low, high = position(n // 2 - 1), position(n // 2)
+    middle = (low + high) * 0.5
+    if middle.is_floating_point() and bool(torch.isinf(middle).any()):
+        halves = low * 0.5 + high * 0.5  # inf only where a middle value is itself infinite
+        middle = torch.where(torch.isinf(middle), halves, middle)
+    return middle
 
 
 def middle_positions(n: int) -> slice:

@@ -173,6 +173,9 @@ def _refine(rows: Tensor, dist: Tensor, first: Tensor, second: Tensor) -> None:
     value = local_dist[i, j]
     both_at_centre = (local_sq[i] == 0) & (local_sq[j] == 0)  # exactly equal rows: exactly 0
     still = (value <= _TAU[torch.float64] * (local_sq[i] + local_sq[j])) & ~both_at_centre
+    # a local Gram that overflowed (values near 1e154 or more) gives inf - inf = NaN: such pairs
+    # are summed directly too (inf only where the distance itself is beyond float64's range)
+    still |= ~torch.isfinite(value)
     if bool(still.any()):
         value[still] = _direct(rows, first[still], second[still])
     dist[first, second] = value

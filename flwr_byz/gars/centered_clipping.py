@@ -27,6 +27,7 @@ from torch import Tensor
 from flwr_byz._finite import all_finite
 
 from ._checks import check_inputs, finite_rows, require
+from ._scaling import downscales
 from ._types import Aggregation
 
 _BLOCK_ELEMENTS = 1 << 18  # elements per column block (x n rows): bounds temporaries
@@ -84,20 +85,48 @@ def _centered_clipping_impl(
     def norms2(diff: Tensor) -> Tensor:
         return torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64).square()
 
+    def norms_of(squares: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(sqrt(squares), None)``; when a finite row's float64 square overflowed (values
+        above ~1e154), ``(norms, scales)``: the norms of the differences times ``scales`` (powers
+        of two, 1 for the other rows; exact), always finite, so that such a row still moves the
+        centre by tau in its direction, as the rule says, even where its norm exceeds float64."""
+        norms = squares.sqrt()
+        over = torch.isinf(squares) & finite
+        if not bool(over.any()):
+            return norms, None
+        rows = torch.nonzero(over, as_tuple=True)[0]
+        peaks = torch.zeros(rows.numel(), dtype=torch.float64, device=vectors.device)
+        for start, stop in blocks:
+            peaks = torch.maximum(peaks, block(start, stop, False)[rows].abs().amax(dim=1))
+        scales = torch.ones(n, dtype=torch.float64, device=vectors.device)
+        scales[rows] = downscales(peaks, headroom=0)
+        scaled = torch.zeros_like(peaks)
+        for start, stop in blocks:
+            scaled += norms2(block(start, stop, False)[rows] * scales[rows, None])
+        norms[rows] = scaled.sqrt()
+        return norms, scales
+
     squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     for start, stop in blocks:  # ||V_i - v_0||^2
         squares += norms2(block(start, stop, fast))
     for step in range(L):
-        norms = squares.sqrt()
-        weight = torch.where(norms > tau, tau / norms.clamp_min(1e-300), 1.0) * mask
+        norms, scales = norms_of(squares)
+        # the weight on the (scaled) difference; a scaled row's norm is above tau / scale
+        clipped = norms > (tau if scales is None else tau * scales)
+        unclipped = 1.0 if scales is None else 1.0 / scales
+        moved = torch.where(clipped, tau / norms.clamp_min(1e-300), unclipped) * mask
+        weight = moved if scales is None else moved * scales  # on the unscaled difference
         share = share * (1.0 - weight.sum() / n) + weight / n
         last = step == L - 1
         positive = weight[weight > 0]
-        low = fast and (positive.numel() == 0 or float(positive.min()) >= 1e-30)
-        w = weight.to(vectors.dtype) if low else weight
+        low = fast and scales is None
+        low = low and (positive.numel() == 0 or float(positive.min()) >= 1e-30)
+        w = weight.to(vectors.dtype) if low else moved
         squares = torch.zeros_like(squares)
         for start, stop in blocks:  # v += (1/n) sum_i w_i (V_i - v), then the next norms
             diff = block(start, stop, low)
+            if scales is not None:
+                diff = diff * scales[:, None]
             v[start:stop] += (w @ diff).to(torch.float64) / n
             if not last:
                 squares += norms2(block(start, stop, fast))  # against the moved centre

@@ -6,7 +6,9 @@ n - floor(c f) lowest scores (ties: smallest index). Output: the mean of the row
 
 Choices beyond ALGORITHMS.md: the top singular direction comes from the float64 ``n x n`` Gram
 matrix (``s_i = lambda u_i^2`` for its top eigenpair), exact and cheap for n << b. Rows with a
-NaN/inf (at most f) get score +inf and are left out of the mean used for centring. When the kept
+NaN/inf (at most f) get score +inf and are left out of the mean used for centring. Finite values
+above 2**400 (squares that overflow) are handled on the rows scaled exactly by a power of two
+(``_scaling``): the scores' ranking is scale-free. When the kept
 sets have an empty intersection (possible for niters * c f >= n - c f), the rows kept in the most
 iterations are averaged. Coordinates are drawn on the CPU from ``generator`` or ``seed`` (default
 seed 0), so the result is deterministic per seed on every device.
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require, uniform_participation
+from ._scaling import downscale
 from ._types import Aggregation
 
 
@@ -32,10 +35,16 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
 def dnc_scores(rows: Tensor, finite: Tensor) -> Tensor:
     """``(n,)`` float64 squared projections on the top principal direction (inf if non-finite)."""
     sub = torch.where(finite[:, None], rows, torch.zeros_like(rows)).to(torch.float64)
+    scale = downscale(float(sub.abs().max())) if sub.numel() else 1.0
+    if scale != 1.0:  # values whose squares overflow: the same ranking on exactly scaled rows
+        sub = sub * scale
     mu = sub[finite].mean(dim=0)
     centred = torch.where(finite[:, None], sub - mu, torch.zeros_like(sub))
     gram = centred @ centred.T
-    eigenvalues, eigenvectors = torch.linalg.eigh((gram + gram.T) * 0.5)
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh((gram + gram.T) * 0.5)
+    except torch.linalg.LinAlgError as err:  # a ValueError: the strategy keeps the model
+        raise ValueError(f"dnc: the eigen-decomposition of the rows' Gram failed ({err})") from err
     scores = eigenvalues[-1].clamp_min(0.0) * eigenvectors[:, -1] ** 2
     return torch.where(finite, scores, torch.full_like(scores, float("inf")))
 

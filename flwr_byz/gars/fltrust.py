@@ -8,7 +8,8 @@ Choices beyond ALGORITHMS.md: a row with a NaN/inf or zero norm gets trust 0 (it
 undefined). When every trust score is 0 the kernel raises ``NoTrustError`` (a ``ValueError``), so a
 strategy keeps the model and reports why. f plays no part (accepted for the uniform signature).
 Everything is float64, in column blocks (no ``(n, d)`` float64 copy): one pass for the norms and
-the dot products with ``g_0``, one for the weighted sum.
+the dot products with ``g_0``, one for the weighted sum (and, for rows whose float64 squares
+overflow, two more on those rows scaled exactly by a power of two).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 from flwr_byz._finite import all_finite
 
 from ._checks import check_inputs, finite_mask
+from ._scaling import downscales
 from ._types import Aggregation
 
 
@@ -31,29 +33,51 @@ class NoTrustError(ValueError):
 _BLOCK_ELEMENTS = 1 << 18  # elements per float64 column block (x n rows): bounds temporaries
 
 
-def _blocks(vectors: Tensor, finite: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield (start, stop, float64 block with non-finite rows zeroed), never (n, d) float64."""
+def _blocks(
+    vectors: Tensor, finite: Tensor, scales: Tensor | None = None
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (start, stop, float64 block with non-finite rows zeroed, rows times ``scales``),
+    never (n, d) float64."""
     n, d = vectors.shape
     width = min(d, max(64, _BLOCK_ELEMENTS // n))
     zero_bad = not bool(finite.all())
     for start in range(0, d, width):
         part = vectors[:, start : start + width].to(torch.float64)
-        yield (
-            start,
-            start + part.shape[1],
-            (torch.where(finite[:, None], part, 0.0) if zero_bad else part),
-        )
+        if zero_bad:
+            part = torch.where(finite[:, None], part, 0.0)
+        if scales is not None:
+            part = part * scales[:, None]
+        yield start, start + part.shape[1], part
 
 
-def _norms_and_dots(vectors: Tensor, g0: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
-    """Float64 ``(||V_i||, <V_i, g0>)`` of the rows (non-finite rows as 0), one pass in blocks."""
+def _norms_and_dots(
+    vectors: Tensor, g0: Tensor, finite: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Float64 ``(||V_i||, <V_i, g0>)`` of the rows (non-finite rows as 0), one pass in blocks,
+    and the rows' scales: None, or, when values so large that their squares overflow made a
+    finite row's norm or dot product non-finite, a power of two for each such row (1 for the
+    others, ``_scaling``) that the norms, the dot products and the weighted sum after them apply
+    to the row first: its cosine and its term ``||g_0|| V_i / ||V_i||`` are scale-free."""
     n = vectors.shape[0]
     squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     dots = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     for start, stop, part in _blocks(vectors, finite):
         squares += torch.linalg.vector_norm(part, dim=1).square()
         dots += part @ g0[start:stop]
-    return squares.sqrt(), dots
+    overflowed = finite & ~(torch.isfinite(squares) & torch.isfinite(dots))
+    if not bool(overflowed.any()):
+        return squares.sqrt(), dots, None
+    peaks = torch.zeros(n, dtype=torch.float64, device=vectors.device)
+    for _, _, part in _blocks(vectors, finite):
+        peaks = torch.maximum(peaks, part.abs().amax(dim=1))
+    # those rows scaled to at most 1: their squares and dot products with g0 cannot overflow
+    scales = torch.where(overflowed, downscales(peaks, headroom=0), torch.ones_like(peaks))
+    squares.zero_()
+    dots.zero_()
+    for start, stop, part in _blocks(vectors, finite, scales):
+        squares += torch.linalg.vector_norm(part, dim=1).square()
+        dots += part @ g0[start:stop]
+    return squares.sqrt(), dots, scales
 
 
 def _scores(norms: Tensor, dots: Tensor, g0: Tensor, finite: Tensor) -> Tensor:
@@ -65,7 +89,8 @@ def trust_scores(vectors: Tensor, server_update: Tensor) -> Tensor:
     """``(n,)`` float64 ``max(0, cos(V_i, g_0))``; 0 for non-finite or zero rows."""
     finite = finite_mask(vectors)
     g0 = server_update.reshape(-1).to(device=vectors.device, dtype=torch.float64)
-    return _scores(*_norms_and_dots(vectors, g0, finite), g0, finite)
+    norms, dots, _ = _norms_and_dots(vectors, g0, finite)
+    return _scores(norms, dots, g0, finite)
 
 
 def _fltrust_impl(vectors: Tensor, f: int = 0, server_update: Tensor | None = None) -> Aggregation:
@@ -80,14 +105,14 @@ def _fltrust_impl(vectors: Tensor, f: int = 0, server_update: Tensor | None = No
     if float(g0_norm) == 0.0:
         raise NoTrustError("fltrust: the server update is zero, every trust score is 0")
     finite = finite_mask(vectors)
-    norms, dots = _norms_and_dots(vectors, g0, finite)
+    norms, dots, scales = _norms_and_dots(vectors, g0, finite)
     ts = _scores(norms, dots, g0, finite)
     total = ts.sum()
     if float(total) == 0.0:
         raise NoTrustError(f"fltrust: every trust score is 0 (n={n}); the model is kept")
     coef = ts * g0_norm / norms.clamp_min(1e-300) / total
     value = torch.empty(d, dtype=torch.float64, device=vectors.device)
-    for start, stop, part in _blocks(vectors, finite):  # second pass: the weighted sum
+    for start, stop, part in _blocks(vectors, finite, scales):  # second pass: the weighted sum
         value[start:stop] = coef @ part
     return Aggregation(value.to(vectors.dtype), None, (ts / total).cpu())
 

@@ -6,7 +6,9 @@ costs no precision). Iteration: ``z <- sum_i w_i x_i / sum_i w_i`` with
 ``w_i = 1 / max(eps, |x_i - z|)``, from the coordinate-wise median (the centre); an iterate on a
 data point (within eps) takes Vardi and Zhang's step instead, so it is not trapped there; until
 ``|z_new - z| <= tol * mean_i |x_i - z_new|`` (a relative, translation-free
-tolerance) or ``max_iter`` iterations. Rows with NaN/inf get weight 0 (at most f).
+tolerance) or ``max_iter`` iterations. Rows with NaN/inf get weight 0 (at most f). Finite values
+so large that the Gram below overflows (above ~1e154) are handled on the centred rows scaled by a
+power of two (``_scaling``, exact; the iteration is scale-free, eps is scaled with them).
 
 The rule iterates on the coefficients of the iterate over the centred rows: every iterate is
 ``z = sum_i a_i (x_i - c)`` (the start, the centre ``c``, is ``a = 0``), so with the float64 Gram
@@ -21,11 +23,14 @@ geometric-median selector.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_rows, require
 from ._columns import middle_value, sorted_columns
+from ._scaling import downscale
 from ._types import Aggregation
 
 
@@ -127,17 +132,40 @@ def _median_center(vectors: Tensor, index: Tensor | None) -> Tensor:
     return center
 
 
-def _centred_gram(vectors: Tensor, index: Tensor | None, center: Tensor) -> Tensor:
-    """Float64 Gram matrix of the rows ``index`` (None: all) centred on ``center``, in blocks."""
+def _centred_blocks(vectors: Tensor, index: Tensor | None, center: Tensor) -> Iterator[Tensor]:
+    """The float64 column blocks of the rows ``index`` (None: all) centred on ``center``."""
     rows = vectors.shape[0] if index is None else index.numel()
-    gram = torch.zeros(rows, rows, dtype=torch.float64, device=vectors.device)
-    for start in _column_blocks(rows, vectors.shape[1]):
-        part = vectors[:, start : start + _column_blocks(rows, vectors.shape[1]).step]
+    blocks = _column_blocks(rows, vectors.shape[1])
+    for start in blocks:
+        part = vectors[:, start : start + blocks.step]
         if index is not None:
             part = part.index_select(0, index)
-        block = part.to(torch.float64) - center[start : start + part.shape[1]]
+        yield part.to(torch.float64) - center[start : start + part.shape[1]]
+
+
+def _centred_gram(
+    vectors: Tensor, index: Tensor | None, center: Tensor, scale: float = 1.0
+) -> Tensor:
+    """Float64 Gram matrix of the rows ``index`` (None: all) centred on ``center`` and multiplied
+    by ``scale`` (a power of two: exact), in blocks."""
+    rows = vectors.shape[0] if index is None else index.numel()
+    gram = torch.zeros(rows, rows, dtype=torch.float64, device=vectors.device)
+    for block in _centred_blocks(vectors, index, center):
+        if scale != 1.0:
+            block = block * scale
         gram += block @ block.T
     return gram
+
+
+def _finite_gram(vectors: Tensor, index: Tensor | None, center: Tensor) -> tuple[Tensor, float]:
+    """The centred Gram matrix and its scale: 1, or, when values so large that their squares
+    overflow made it non-finite, the power of two (``_scaling.downscale``) it was redone with."""
+    gram = _centred_gram(vectors, index, center)
+    if bool(torch.isfinite(gram).all()):
+        return gram, 1.0
+    peak = max(float(block.abs().max()) for block in _centred_blocks(vectors, index, center))
+    scale = downscale(peak)
+    return _centred_gram(vectors, index, center, scale), scale
 
 
 def _point(vectors: Tensor, index: Tensor | None, center: Tensor, coefficients: Tensor) -> Tensor:
@@ -232,8 +260,12 @@ def _geometric_median_impl(
     usable = finite_rows("geometric_median", vectors, f).to(vectors.device)
     index = None if bool(usable.all()) else torch.nonzero(usable, as_tuple=True)[0]
     center = _median_center(vectors, index)
-    gram = _centred_gram(vectors, index, center)
-    coefficients, weights, _ = weiszfeld_coefficients(gram, eps, tol, max_iter, objective)
+    gram, scale = _finite_gram(vectors, index, center)
+    # the iteration is scale-free but for the smoothing eps and the objective (distance units)
+    scaled_objective = None if objective is None else objective * scale
+    coefficients, weights, _ = weiszfeld_coefficients(
+        gram, eps * scale, tol, max_iter, scaled_objective
+    )
     full = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     full[usable] = weights
     return Aggregation(_point(vectors, index, center, coefficients), None, full.cpu())

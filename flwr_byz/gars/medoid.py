@@ -13,8 +13,17 @@ from ._types import Aggregation
 
 def medoid_index(distances: Tensor, usable: Tensor) -> int:
     """Index minimising the sum of Euclidean distances (sqrt of squared ``distances``) to the
-    ``usable`` rows, among the usable rows (the others: NaN/inf vectors, excluded)."""
+    ``usable`` rows, among the usable rows (the others: NaN/inf vectors, excluded).
+
+    A squared distance beyond float64's range (inf: values above ~1e154) counts as infinitely
+    far: the rows with the fewest such distances compete, on the sum of their others (otherwise
+    every row near a huge Byzantine vector would score inf and the lowest index would win)."""
     root = torch.where(usable[None, :], distances.sqrt(), torch.zeros_like(distances))
+    far = torch.isinf(root)
+    if bool(far.any()):
+        count = far.sum(dim=1).masked_fill(~usable, distances.shape[0] + 1)
+        usable = usable & (count == count.min())
+        root = root.masked_fill(far, 0.0)
     total = root.sum(dim=1).masked_fill(~usable, float("inf"))
     return int(torch.argmin(total))
 

@@ -16,7 +16,9 @@ Choices beyond ALGORITHMS.md:
 - ``arc``'s tie rule "smallest index clipped last": among equal norms the larger index ranks as
   larger, i.e. is clipped first.
 - ``clip``'s threshold c has no default (it depends on the model and the update scale).
-- Norms are computed in float64 (no overflow of float32 squares of huge Byzantine values).
+- Norms are computed in float64 (no overflow of float32 squares of huge Byzantine values); finite
+  float64 rows whose squares overflow get their norm, and their clipping factor, from the row scaled
+  exactly by a power of two, so they are clipped like any other row.
 - ``bucketing`` takes a ``torch.Generator`` or an integer ``seed`` (default seed 0): the
   permutation is drawn on the CPU, so it is the same on every device for a given seed.
 - ``aggregate_chain`` reports ``selected`` only when every step keeps rows one to one (clip, arc);
@@ -29,13 +31,14 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._checks import check_inputs, finite_mask
 from ._distances import pairwise_squared_distances
+from ._scaling import downscales
 from ._types import Aggregation
 
 
@@ -56,17 +59,62 @@ class PreAggregation:
 _BLOCK_ELEMENTS = 1 << 18  # elements per column block (x n rows) of the float64 norms
 
 
-def _row_norms(vectors: Tensor) -> Tensor:
-    """``(n,)`` float64 Euclidean norms (inf for rows with NaN/inf), column block by column block
-    (float64 squares of each block, no ``(n, d)`` float64 copy)."""
+class _Norms(NamedTuple):
+    """Float64 row norms that stay exact for finite rows whose squares overflow float64."""
+
+    value: Tensor  # the norms; inf for rows with NaN/inf, and where a norm exceeds float64
+    scaled: Tensor  # the norms of the rows times ``scale`` (finite for every finite row)
+    scale: Tensor  # 1, or for a finite row whose squares overflowed, a power of two (exact)
+    finite: Tensor  # rows without NaN/inf
+
+    def shrink(self, limit: Tensor | float) -> Tensor:
+        """``limit / norm`` per row, from the scaled norm (``limit / ||scale V|| * scale``): the
+        factor that brings a row to norm ``limit`` even where its norm exceeds float64."""
+        # ``limit / norm`` as torch computes it for that type of ``limit`` (a float: the
+        # reciprocal times it; a tensor: a division), times the scale (exact)
+        return limit / self.scaled.clamp_min(1e-300) * self.scale
+
+
+def _squared_norms(vectors: Tensor, scale: Tensor | None = None) -> Tensor:
     n, d = vectors.shape
     width = min(d, max(64, _BLOCK_ELEMENTS // n))
     squares = torch.zeros(n, dtype=torch.float64, device=vectors.device)
     for start in range(0, d, width):
         part = vectors[:, start : start + width]
+        if scale is not None:
+            part = part.to(torch.float64) * scale[:, None]
         squares += torch.linalg.vector_norm(part, dim=1, dtype=torch.float64).square()
-    norms = squares.sqrt()
-    return torch.where(torch.isfinite(norms), norms, torch.full_like(norms, math.inf))
+    return squares
+
+
+def _row_norm_parts(vectors: Tensor) -> _Norms:
+    """The rows' :class:`_Norms`, column block by column block (float64 squares of each block,
+    no ``(n, d)`` float64 copy); finite rows whose squares overflow (values above ~1e154 in
+    float64) are recomputed scaled to at most 1 (``_scaling``)."""
+    n, d = vectors.shape
+    norms = _squared_norms(vectors).sqrt()
+    ones = torch.ones_like(norms)
+    over = ~torch.isfinite(norms)
+    if not bool(over.any()):
+        return _Norms(norms, norms, ones, torch.ones_like(over))
+    width = min(d, max(64, _BLOCK_ELEMENTS // n))
+    peaks = torch.zeros_like(norms)
+    for start in range(0, d, width):  # NaN propagates through abs, amax and maximum
+        part = vectors[:, start : start + width].abs().amax(dim=1).to(torch.float64)
+        peaks = torch.maximum(peaks, part)
+    finite = torch.isfinite(peaks)
+    redo = over & finite
+    if not bool(redo.any()):
+        return _Norms(torch.where(finite, norms, math.inf), norms, ones, finite)
+    scale = torch.where(redo, downscales(peaks, headroom=0), ones)
+    scaled = torch.where(redo, _squared_norms(vectors, scale).sqrt(), norms)
+    value = torch.where(finite, scaled / scale, math.inf)
+    return _Norms(value, scaled, scale, finite)
+
+
+def _row_norms(vectors: Tensor) -> Tensor:
+    """``(n,)`` float64 Euclidean norms (inf for rows with NaN/inf, and beyond float64's range)."""
+    return _row_norm_parts(vectors).value
 
 
 def _identity(n: int) -> Tensor:
@@ -92,9 +140,9 @@ def _clip_impl(vectors: Tensor, f: int = 0, c: float | None = None) -> PreAggreg
         raise ValueError(f"clip: c must be a positive finite number, got c={c!r}") from None
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"clip: c must be a positive finite number, got c={c!r}")
-    norms = _row_norms(vectors)
-    finite = torch.isfinite(norms)
-    scale = torch.where(finite & (norms > c), c / norms.clamp_min(1e-300), torch.ones_like(norms))
+    norms = _row_norm_parts(vectors)
+    clipped = norms.finite & (norms.value > c)
+    scale = torch.where(clipped, norms.shrink(c), torch.ones_like(norms.value))
     return PreAggregation(_scale_rows(vectors, scale), _identity(n), True)
 
 
@@ -115,7 +163,8 @@ def _arc_impl(vectors: Tensor, f: int) -> PreAggregation:
     k = arc_k(n, f)
     scale = torch.ones(n, dtype=torch.float64)
     if k > 0:
-        norms = _row_norms(vectors).cpu()
+        parts = _row_norm_parts(vectors)
+        norms = parts.value.cpu()
         # Descending norm; among ties the larger index first (smallest index clipped last):
         # a stable descending sort of the reversed rows keeps larger indices first.
         order_rev = torch.sort(norms.flip(0), descending=True, stable=True).indices
@@ -123,11 +172,9 @@ def _arc_impl(vectors: Tensor, f: int) -> PreAggregation:
         target = norms[order[k]]
         if math.isfinite(float(target)):
             clipped = order[:k]
-            finite = torch.isfinite(norms[clipped])
-            rows = clipped[finite]
-            scale[rows] = torch.where(
-                norms[rows] > target, target / norms[rows].clamp_min(1e-300), 1.0
-            )
+            rows = clipped[parts.finite.cpu()[clipped]]
+            shrink = parts.shrink(target.to(parts.scaled.device)).cpu()
+            scale[rows] = torch.where(norms[rows] > target, shrink[rows], 1.0)
     return PreAggregation(_scale_rows(vectors, scale), _identity(n), True)
 
 
