@@ -192,3 +192,22 @@ def test_identical_float32_inputs_give_that_input(name, n):
             assert float(ulps.max()) <= n, (name, n, f, float(ulps.max()))
         else:
             assert torch.equal(out, row), (name, n, f)
+
+
+_COORDINATE_MEANS = ("trimmed_mean", "phocas", "meamed", "bulyan", "nearest_median")
+
+
+@pytest.mark.parametrize("name", _COORDINATE_MEANS)
+@pytest.mark.parametrize("n", [7, 11, 27])
+def test_identical_float64_inputs_stay_within_the_recursive_sum_bound(name, n):
+    """Float64 inputs are added in float64 (docs/ALGORITHMS.md, "Rounding"): n copies of one
+    vector average to it within n units in the last place, the bound of k sequential additions."""
+    rule = gars.get(name)
+    row = torch.from_numpy(np.random.default_rng(n + 1).normal(size=500))
+    x = row.repeat(n, 1)
+    for f in sorted({0, 1, rule.max_f(n)}):
+        if f > rule.max_f(n):
+            continue
+        out = rule(x, f)
+        ulps = (out - row).abs() / torch.from_numpy(np.spacing(row.abs().numpy()))
+        assert float(ulps.max()) <= n, (name, n, f, float(ulps.max()))
