@@ -1,0 +1,70 @@
+"""The opt-in compiled median network (``FLWR_BYZ_COMPILED_NETWORKS=1``): the same values as the
+numpy path bit for bit, off by default, and a failed compile falls back to the numpy path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flwr_byz import gars
+from flwr_byz.gars import _compiled
+
+
+@pytest.fixture
+def compiled_on(monkeypatch):
+    monkeypatch.setenv(_compiled.ENV_VAR, "1")
+    monkeypatch.setattr(_compiled, "_BROKEN", [])
+    yield
+
+
+def _rows(n: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(n, 700, generator=torch.Generator().manual_seed(n), dtype=dtype)
+
+
+def test_off_by_default(monkeypatch):
+    monkeypatch.delenv(_compiled.ENV_VAR, raising=False)
+    assert _compiled.order_statistics(_rows(5, torch.float32), frozenset([2])) is None
+
+
+@pytest.mark.parametrize("n", [6, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_median_is_the_numpy_median_bit_for_bit(compiled_on, monkeypatch, n, dtype):
+    x = _rows(n, dtype)
+    x[:, :50] = x[0, :50]  # equal values in some columns
+    middle = frozenset({n // 2, (n - 1) // 2})
+    stats = _compiled.order_statistics(x, middle)
+    if stats is None:
+        pytest.skip(f"no compiled network here: {_compiled._BROKEN}")
+    expected_order = torch.sort(x, dim=0).values
+    for position, values in stats.items():
+        assert torch.equal(values, expected_order[position])
+    out = gars.median(x, 1)
+    monkeypatch.setenv(_compiled.ENV_VAR, "0")
+    assert torch.equal(out, gars.median(x, 1))
+
+
+def test_non_finite_inputs_take_the_numpy_path(compiled_on, monkeypatch):
+    x = _rows(7, torch.float32)
+    x[0, 3] = float("nan")
+    calls = []
+    original = _compiled.order_statistics
+    _compiled.order_statistics = lambda *a: calls.append(a) or original(*a)
+    try:
+        out = gars.median(x, 1)
+    finally:
+        _compiled.order_statistics = original
+    assert calls == []
+    monkeypatch.setenv(_compiled.ENV_VAR, "0")
+    assert torch.equal(out, gars.median(x, 1))
+
+
+def test_a_failed_compile_falls_back_to_the_numpy_path(compiled_on, monkeypatch):
+    def broken(n, positions):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_compiled, "_network", broken)
+    x = _rows(7, torch.float32)
+    out = gars.median(x, 1)
+    assert _compiled._BROKEN and "no C++ compiler" in _compiled._BROKEN[0]
+    assert not _compiled.enabled()
+    assert torch.equal(out, torch.sort(x, dim=0).values[3])
