@@ -1,14 +1,15 @@
-"""Opt-in compiled sorting networks for the coordinate-wise median on CPU.
+"""Opt-in compiled sorting networks for the coordinate-wise median and trimmed mean on CPU.
 
 ``torch.compile`` (inductor's C++ backend) fuses the pruned Batcher network of
 ``_columns.positions_plan`` into one loop over the columns: each column's n values stay in
 registers and the input is read once. The comparators are the same ``min``/``max`` as the numpy
-network, so the values are the same bit for bit. Measured (1 thread, d = 1e6, float32,
-``benchmarks/bench_compiled.py``): the median of n = 25 rows in ~11 ms against ~75 ms, of n = 51
-in ~34 ms against ~150-190 ms. The first call for each (n, dtype, d) compiles for 15-25 s (~5 s
-from inductor's on-disk cache), so the path is off unless the environment sets
-``FLWR_BYZ_COMPILED_NETWORKS=1``: it pays in long runs at a fixed n and d. It needs a C++
-compiler; if compiling fails, a warning is logged once and the numpy path is used from then on.
+network, so the values are the same bit for bit (the trimmed mean's float64 sum too: the same
+additions in the same order). Measured (1 thread, d = 1e6, float32,
+``benchmarks/bench_compiled.py``): the median in 0.20-0.27x the numpy path's time at n = 25 and
+51. The first call for each (n, dtype, d) compiles for 5-30 s (less from inductor's on-disk
+cache), so the path is off unless the environment sets ``FLWR_BYZ_COMPILED_NETWORKS=1``: it pays
+in long runs at a fixed n and d. It needs a C++ compiler; if compiling fails, a warning is logged
+once and the numpy path is used from then on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import os
 import threading
 from collections.abc import Callable
 from logging import WARNING
+from typing import Any
 
 import torch
-from flwr.common.logger import log
 from torch import Tensor
 
 from ._columns import positions_plan
@@ -36,41 +37,88 @@ def enabled() -> bool:
     return os.environ.get(ENV_VAR, "") == "1" and not _BROKEN
 
 
+def _sorted_wires(rows: Tensor, plan: tuple[tuple[int, int, int], ...]) -> list[Tensor]:
+    """The network's wires after ``plan`` (position p's values at index p where computed)."""
+    wires = list(rows.unbind(0))
+    for i, j, kind in plan:
+        low, high = wires[i], wires[j]
+        if kind != 2:
+            wires[i] = torch.minimum(low, high)
+        if kind != 1:
+            wires[j] = torch.maximum(low, high)
+    return wires
+
+
 @functools.lru_cache(maxsize=16)
 def _network(n: int, positions: tuple[int, ...]) -> Callable[[Tensor], tuple[Tensor, ...]]:
     plan = positions_plan(n, frozenset(positions))
 
     def network(rows: Tensor) -> tuple[Tensor, ...]:
-        wires = list(rows.unbind(0))
-        for i, j, kind in plan:
-            low, high = wires[i], wires[j]
-            if kind != 2:
-                wires[i] = torch.minimum(low, high)
-            if kind != 1:
-                wires[j] = torch.maximum(low, high)
+        wires = _sorted_wires(rows, plan)
         return tuple(wires[p] for p in positions)
 
     return torch.compile(network, dynamic=False, fullgraph=True)
 
 
-def order_statistics(rows: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
-    """The sorted ``positions`` of every column of the finite ``(n, d)`` CPU float32/float64
-    ``rows`` (position -> ``(d,)``), or None where the compiled path is off or does not apply."""
-    if not enabled() or rows.device.type != "cpu" or rows.dtype not in _DTYPES:
-        return None
-    if rows.shape[1] == 0 or rows.shape[0] < 2:
-        return None
-    ordered = tuple(sorted(positions))
+@functools.lru_cache(maxsize=16)
+def _window_network(n: int, lo: int, hi: int) -> Callable[[Tensor], Tensor]:
+    plan = positions_plan(n, frozenset(range(lo, hi)))
+
+    def network(rows: Tensor) -> Tensor:
+        wires = _sorted_wires(rows, plan)
+        # ``_columns.mean_over_rows``: added in position order into float64, divided once
+        total = wires[lo].to(torch.float64)
+        for p in range(lo + 1, hi):
+            total = total + wires[p].to(torch.float64)
+        return (total / (hi - lo)).to(rows.dtype)
+
+    return torch.compile(network, dynamic=False, fullgraph=True)
+
+
+def _applies(rows: Tensor) -> bool:
+    return (
+        enabled()
+        and rows.device.type == "cpu"
+        and rows.dtype in _DTYPES
+        and rows.shape[0] >= 2
+        and rows.shape[1] > 0
+    )
+
+
+def _call(kernel: Callable[[], Any]) -> Any:
+    """``kernel()`` with inductor's fusion limit raised; None (and the path off, one warning)
+    if compiling fails."""
     import torch._inductor.config as inductor_config  # heavy: only when asked for
 
     try:
         with _LOCK, inductor_config.patch(max_fusion_size=_FUSION_SIZE):
-            values = _network(rows.shape[0], ordered)(rows.contiguous())
+            return kernel()
     except Exception as err:  # no compiler, an inductor error: fall back, say so once
+        from flwr.common.logger import log  # the rules import no Flower (flwr_byz.schema)
+
         _BROKEN.append(f"{type(err).__name__}: {err}")
         log(WARNING, "%s=1 but compiling the network failed, numpy path used: %s", ENV_VAR, err)
         return None
-    return dict(zip(ordered, values, strict=True))
+
+
+def order_statistics(rows: Tensor, positions: frozenset[int]) -> dict[int, Tensor] | None:
+    """The sorted ``positions`` of every column of the finite ``(n, d)`` CPU float32/float64
+    ``rows`` (position -> ``(d,)``), or None where the compiled path is off or does not apply."""
+    if not _applies(rows):
+        return None
+    ordered = tuple(sorted(positions))
+    values = _call(lambda: _network(rows.shape[0], ordered)(rows.contiguous()))
+    return None if values is None else dict(zip(ordered, values, strict=True))
+
+
+def window_mean(rows: Tensor, lo: int, hi: int) -> Tensor | None:
+    """Per column of the finite ``(n, d)`` CPU float32/float64 ``rows``, the mean of its sorted
+    positions ``[lo, hi)`` as ``_columns.mean_over_rows`` computes it (the trimmed mean), or None
+    where the compiled path is off or does not apply."""
+    if not _applies(rows) or not 0 <= lo < hi <= rows.shape[0]:
+        return None
+    value: Tensor | None = _call(lambda: _window_network(rows.shape[0], lo, hi)(rows.contiguous()))
+    return value
 
 
 _DTYPES = (torch.float32, torch.float64)

@@ -68,3 +68,19 @@ def test_a_failed_compile_falls_back_to_the_numpy_path(compiled_on, monkeypatch)
     assert _compiled._BROKEN and "no C++ compiler" in _compiled._BROKEN[0]
     assert not _compiled.enabled()
     assert torch.equal(out, torch.sort(x, dim=0).values[3])
+
+
+@pytest.mark.parametrize("n,b", [(7, 2), (8, 0), (8, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_trimmed_mean_is_the_numpy_one_bit_for_bit(compiled_on, monkeypatch, n, b, dtype):
+    x = _rows(n, dtype) * 1e3 + 1e6  # a shared large component: the float64 sums must agree
+    x[:, :50] = x[0, :50]
+    value = _compiled.window_mean(x, b, n - b)
+    if value is None:
+        pytest.skip(f"no compiled network here: {_compiled._BROKEN}")
+    out = gars.trimmed_mean(x, max(b, 0), b=b)
+    monkeypatch.setenv(_compiled.ENV_VAR, "0")
+    expected = gars.trimmed_mean(x, max(b, 0), b=b)
+    assert torch.equal(value, expected) and torch.equal(out, expected)
+    reference = torch.sort(x.double(), dim=0).values[b : n - b].mean(dim=0)
+    assert torch.allclose(out.double(), reference, rtol=1e-6 if dtype == torch.float32 else 1e-12)
