@@ -1,16 +1,17 @@
-"""The median and the trimmed mean with the opt-in compiled sorting network
+"""The coordinate-wise rules with the opt-in compiled sorting networks
 (``FLWR_BYZ_COMPILED_NETWORKS=1``, ``flwr_byz.gars._compiled``) against the default numpy path,
 interleaved in one process on the same input, and the first call's compile time. Both run inside
 ``gars.rows_checked()``, as in a strategy round (the replies were screened finite while stacking):
 no finiteness pass over the input.
 
-    python benchmarks/bench_compiled.py [--rules median,trimmed_mean] [--nodes 25,50,51]
+    python benchmarks/bench_compiled.py [--rules median,trimmed_mean,phocas,meamed] [--nodes 25,51]
                                         [--params 1000000] [--repeats 7]
 
-The trimmed mean trims b = n // 4 values per side (f = b). Prints per rule and n: the compile time
-(the first compiled call, which includes inductor's work or its disk cache), the median seconds of
-each path, the ratio compiled / numpy, and whether the outputs are equal bit for bit. Numbers
-depend on the machine and its load; nothing here is asserted by the tests.
+The trimmed mean and Phocas trim b = n // 4 values per side, MeaMed keeps n - f with f = n // 4.
+Prints per rule and n: the compile time (the first compiled call, which includes inductor's work
+or its disk cache), the median seconds of each path, the ratio compiled / numpy, and whether the
+outputs are equal bit for bit. Numbers depend on the machine and its load; nothing here is
+asserted by the tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from flwr_byz.gars import _compiled
 RULES = {
     "median": lambda x: gars.median(x, 0),
     "trimmed_mean": lambda x: gars.trimmed_mean(x, x.shape[0] // 4),
+    "phocas": lambda x: gars.phocas(x, x.shape[0] // 4),
+    "meamed": lambda x: gars.meamed(x, x.shape[0] // 4),
 }
 
 

@@ -1,15 +1,17 @@
-"""Opt-in compiled sorting networks for the coordinate-wise median and trimmed mean on CPU.
+"""Opt-in compiled sorting networks for the coordinate-wise rules on CPU: the median, the trimmed
+mean, Phocas and MeaMed.
 
 ``torch.compile`` (inductor's C++ backend) fuses the pruned Batcher network of
 ``_columns.positions_plan`` into one loop over the columns: each column's n values stay in
 registers and the input is read once. The comparators are the same ``min``/``max`` as the numpy
-network, so the values are the same bit for bit (the trimmed mean's float64 sum too: the same
-additions in the same order). Measured (1 thread, d = 1e6, float32,
-``benchmarks/bench_compiled.py``): the median in 0.20-0.27x the numpy path's time at n = 25 and
-51. The first call for each (n, dtype, d) compiles for 5-30 s (less from inductor's on-disk
-cache), so the path is off unless the environment sets ``FLWR_BYZ_COMPILED_NETWORKS=1``: it pays
-in long runs at a fixed n and d. It needs a C++ compiler; if compiling fails, a warning is logged
-once and the numpy path is used from then on.
+network, so the values are the same bit for bit (the float64 sums too: the same additions in the
+same order; Phocas's and MeaMed's window selection is ``_columns.sorted_window_mean``'s, and their
+tied columns are redone by row index outside the kernel). Measured (1 thread, d = 1e6, float32,
+``benchmarks/bench_compiled.py``): 0.13-0.27x the numpy path's time at n = 25 and 51. The first
+call for each (n, dtype, d) compiles for 2-30 s (less from inductor's on-disk cache), so the path is
+off unless the environment sets ``FLWR_BYZ_COMPILED_NETWORKS=1``: it pays in long runs at a fixed
+n and d. It needs a C++ compiler; if compiling fails, a warning is logged once and the numpy path
+is used from then on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._columns import positions_plan
 
 ENV_VAR = "FLWR_BYZ_COMPILED_NETWORKS"
 _FUSION_SIZE = 4096  # inductor fuses up to this many nodes (default 64 splits the n = 51 network)
+_RECOMPILES = 64  # distinct networks per kernel kind in one process (dynamo's default: 8)
 _LOCK = threading.Lock()
 _BROKEN: list[str] = []  # the first compile error: the path stays off for the process
 
@@ -75,6 +78,45 @@ def _window_network(n: int, lo: int, hi: int) -> Callable[[Tensor], Tensor]:
     return torch.compile(network, dynamic=False, fullgraph=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _nearest_network(
+    n: int, b: int, k: int, around_median: bool
+) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    plan = positions_plan(n, frozenset(range(n)))
+
+    def total_of(wires: list[Tensor], lo: int, hi: int) -> Tensor:
+        total = wires[lo].to(torch.float64)  # ``_columns.row_total``: position order, float64
+        for p in range(lo + 1, hi):
+            total = total + wires[p].to(torch.float64)
+        return total
+
+    def network(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        wires = _sorted_wires(rows, plan)
+        if around_median:  # ``_columns.middle_of``, its overflow fallback included
+            if n % 2:
+                center = wires[n // 2]
+            else:
+                low, high = wires[n // 2 - 1], wires[n // 2]
+                middle = (low + high) * 0.5
+                center = torch.where(torch.isinf(middle), low * 0.5 + high * 0.5, middle)
+            total = total_of(wires, n - k, k)
+        else:  # Phocas: Trmean_b's rows are the window's kept positions [b, n - b)
+            total = total_of(wires, b, n - b)
+            center = (total / (n - 2 * b)).to(rows.dtype)
+        # ``_columns.sorted_window_mean``: candidate a moves the window past it when
+        # s[a] + s[a + k] < 2c; the kept total, then the picked candidates in order
+        twice = center * 2
+        tied = torch.zeros_like(center, dtype=torch.bool)
+        for a in range(n - k):
+            low, high = wires[a], wires[a + k]
+            pair = low + high
+            total = total + torch.where(pair < twice, high, low).to(torch.float64)
+            tied = tied | ((pair == twice) & (low != high))
+        return (total / k).to(rows.dtype), tied, center
+
+    return torch.compile(network, dynamic=False, fullgraph=True)
+
+
 def _applies(rows: Tensor) -> bool:
     return (
         enabled()
@@ -88,10 +130,16 @@ def _applies(rows: Tensor) -> bool:
 def _call(kernel: Callable[[], Any]) -> Any:
     """``kernel()`` with inductor's fusion limit raised; None (and the path off, one warning)
     if compiling fails."""
-    import torch._inductor.config as inductor_config  # heavy: only when asked for
+    import torch._dynamo.config as dynamo_config  # heavy: only when asked for
+    import torch._inductor.config as inductor_config
 
     try:
-        with _LOCK, inductor_config.patch(max_fusion_size=_FUSION_SIZE):
+        with (
+            _LOCK,
+            inductor_config.patch(max_fusion_size=_FUSION_SIZE),
+            # every (n, positions) network shares one code object: each is a recompile of it
+            dynamo_config.patch(recompile_limit=_RECOMPILES),
+        ):
             return kernel()
     except Exception as err:  # no compiler, an inductor error: fall back, say so once
         from flwr.common.logger import log  # the rules import no Flower (flwr_byz.schema)
@@ -119,6 +167,21 @@ def window_mean(rows: Tensor, lo: int, hi: int) -> Tensor | None:
         return None
     value: Tensor | None = _call(lambda: _window_network(rows.shape[0], lo, hi)(rows.contiguous()))
     return value
+
+
+def nearest_window_mean(
+    rows: Tensor, b: int, k: int, around_median: bool
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Per column of the finite ``(n, d)`` CPU float32/float64 ``rows``, the mean of the k values
+    nearest to the median (MeaMed) or to Trmean_b (Phocas), as ``_columns.sorted_window_mean``
+    computes it, with the columns of an exact distance tie between different values (to be redone
+    by row index) and the centres; None where the compiled path is off or does not apply."""
+    n = rows.shape[0]
+    if not _applies(rows) or not (n - k < k <= n and 0 <= 2 * b < n):
+        return None
+    kernel = _nearest_network(n, b, k, around_median)
+    result: tuple[Tensor, Tensor, Tensor] | None = _call(lambda: kernel(rows.contiguous()))
+    return result
 
 
 _DTYPES = (torch.float32, torch.float64)
