@@ -293,9 +293,11 @@ class _Store:
                     return entry[1], entry[2], False
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
+                    arrived = len(self._vectors.get((run, rnd, kind), {}))
                     raise CoordinatorTimeoutError(
                         f"timed out after {timeout:g} s waiting for the attack vector of run "
-                        f"{run}, round {rnd} (being computed by another request)"
+                        f"{run}, round {rnd} (being computed by another request, which waits "
+                        f"for {kind} vectors: {arrived} of {expected} expected arrived)"
                     )
                 self._changed.wait(left)
                 self._seen[run] = time.monotonic()

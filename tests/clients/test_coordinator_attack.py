@@ -209,3 +209,26 @@ def test_the_coordinator_limits_apply_to_the_attack_op() -> None:
             (length,) = struct.unpack(">I", sock.recv(4))
             reply = json.loads(sock.recv(length))
         assert reply["ok"] is False and "out of bounds" in reply["error"]
+
+
+def test_a_request_waiting_on_another_computation_says_what_that_one_waits_for() -> None:
+    """The second colluder's timeout names the honest vectors the first one is still waiting for
+    (not only "being computed by another request")."""
+    from flwr_byz.clients.coordinator import _Store
+
+    store = _Store()
+    store.publish("r", 1, "honest", 4, struct.pack("<4f", 1.0, 2.0, 3.0, 4.0))
+    first = threading.Thread(
+        target=lambda: pytest.raises(
+            CoordinatorTimeoutError, store.attack, "r", 1, "honest", 5, 2.0, "s", lambda p, b: b
+        )
+    )
+    first.start()  # it takes the computation and waits for 5 honest vectors
+    while ("r", 1, "honest", 5, "s") not in store._attacks:
+        threading.Event().wait(0.01)
+    with pytest.raises(CoordinatorTimeoutError) as raised:
+        store.attack("r", 1, "honest", 5, 0.2, "s", lambda p, b: b)
+    first.join(timeout=10)
+    message = str(raised.value)
+    assert "being computed by another request" in message
+    assert "honest vectors: 1 of 5 expected arrived" in message
