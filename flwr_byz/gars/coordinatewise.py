@@ -191,6 +191,21 @@ def _compiled_nearest(vectors: Tensor, b: int, k: int, around_median: bool) -> T
     return value
 
 
+def _nearest_aggregate(
+    rule: str, vectors: Tensor, b: int, around_median: bool, track: bool
+) -> Aggregation:
+    """Phocas (around Trmean_b) or MeaMed (around the median, b = f): the mean of the n - b
+    values nearest the centre, by the opt-in compiled network where it applies."""
+    n = vectors.shape[0]
+    finite = _all_finite(vectors)
+    if finite and not track:
+        value = _compiled_nearest(vectors, b, n - b, around_median)
+        if value is not None:
+            return Aggregation(value, None, None)
+    keys = _block_keys(rule, vectors, b, finite)
+    return _nearest_rule(vectors, keys, b, n - b, around_median, track)
+
+
 def _median_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("median", vectors, f)
     require("median", n, f, n >= 2 * f + 1, "n >= 2f + 1")
@@ -225,25 +240,13 @@ def _phocas_impl(
     n, _, f = check_inputs("phocas", vectors, f)
     b = _b_or_f("phocas", b, f)
     require("phocas", n, f, n >= 2 * b + 1, f"n >= 2b + 1 with b={b}")
-    finite = _all_finite(vectors)
-    if finite and not track:
-        compiled_value = _compiled_nearest(vectors, b, n - b, False)
-        if compiled_value is not None:
-            return Aggregation(compiled_value, None, None)
-    keys = _block_keys("phocas", vectors, b, finite)
-    return _nearest_rule(vectors, keys, b, n - b, False, track)
+    return _nearest_aggregate("phocas", vectors, b, False, track)
 
 
 def _meamed_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("meamed", vectors, f)
     require("meamed", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    finite = _all_finite(vectors)
-    if finite and not track:
-        compiled_value = _compiled_nearest(vectors, f, n - f, True)
-        if compiled_value is not None:
-            return Aggregation(compiled_value, None, None)
-    keys = _block_keys("meamed", vectors, f, finite)
-    return _nearest_rule(vectors, keys, f, n - f, True, track)
+    return _nearest_aggregate("meamed", vectors, f, True, track)
 
 
 def median(vectors: Tensor, f: int) -> Tensor:
