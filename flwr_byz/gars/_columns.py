@@ -720,7 +720,7 @@ def network_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[i
     return {p: torch.from_numpy(values) for p, values in stats.items()}
 
 
-def _window_plan(m: int, k: int, margin: int = 0) -> tuple[_Plan, int, int]:
+def window_plan(m: int, k: int, margin: int = 0) -> tuple[_Plan, int, int]:
     """Comparators computing sorted positions ``[first, last_start + k)`` of m values (and
     ``margin`` more on each side), and (first, last_start), the range of the possible window
     starts for the k values nearest the median. The outputs at the positions computed are the
@@ -757,7 +757,7 @@ def median_window_mean(
     """
     m = len(rows)
     d = source.shape[1]
-    plan, first, last_start = _window_plan(m, k, 1 if track else 0)
+    plan, first, last_start = window_plan(m, k, 1 if track else 0)
     mid_lo, mid_hi = (m - 1) // 2, m // 2
     out = np.empty(d, dtype=source.dtype)
     ties: list[np.ndarray] = []

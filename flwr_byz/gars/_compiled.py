@@ -1,5 +1,5 @@
 """Opt-in compiled sorting networks for the coordinate-wise rules on CPU: the median, the trimmed
-mean, Phocas and MeaMed.
+mean, Phocas, MeaMed and Bulyan's second step.
 
 ``torch.compile`` (inductor's C++ backend) fuses the pruned Batcher network of
 ``_columns.positions_plan`` into one loop over the columns: each column's n values stay in
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._columns import positions_plan
+from ._columns import positions_plan, window_plan
 
 ENV_VAR = "FLWR_BYZ_COMPILED_NETWORKS"
 _FUSION_SIZE = 4096  # inductor fuses up to this many nodes (default 64 splits the n = 51 network)
@@ -52,6 +52,33 @@ def _sorted_wires(rows: Tensor, plan: tuple[tuple[int, int, int], ...]) -> list[
     return wires
 
 
+def _position_total(wires: list[Tensor], positions: range) -> Tensor:
+    """The float64 sum of the wires at ``positions``, added in position order (as
+    ``_columns.row_total`` and ``mean_over_rows``); zeros where ``positions`` is empty."""
+    if not positions:
+        return torch.zeros_like(wires[0], dtype=torch.float64)
+    total = wires[positions[0]].to(torch.float64)
+    for p in positions[1:]:
+        total = total + wires[p].to(torch.float64)
+    return total
+
+
+def _moved_window(
+    wires: list[Tensor], total: Tensor, twice: Tensor, starts: range, k: int
+) -> tuple[Tensor, Tensor]:
+    """``_columns.sorted_window_mean``'s and ``median_window_mean``'s window search: candidate a
+    moves the k-window past it where ``s[a] + s[a + k] < 2c``, adding ``s[a + k]``, else ``s[a]``,
+    to the kept ``total`` in candidate order; and the columns of an exact distance tie between two
+    different values (``s[a] + s[a + k] == 2c``, to be redone by row index)."""
+    tied = torch.zeros_like(twice, dtype=torch.bool)
+    for a in starts:
+        low, high = wires[a], wires[a + k]
+        pair = low + high
+        total = total + torch.where(pair < twice, high, low).to(torch.float64)
+        tied = tied | ((pair == twice) & (low != high))
+    return total, tied
+
+
 @functools.lru_cache(maxsize=16)
 def _network(n: int, positions: tuple[int, ...]) -> Callable[[Tensor], tuple[Tensor, ...]]:
     plan = positions_plan(n, frozenset(positions))
@@ -70,10 +97,7 @@ def _window_network(n: int, lo: int, hi: int) -> Callable[[Tensor], Tensor]:
     def network(rows: Tensor) -> Tensor:
         wires = _sorted_wires(rows, plan)
         # ``_columns.mean_over_rows``: added in position order into float64, divided once
-        total = wires[lo].to(torch.float64)
-        for p in range(lo + 1, hi):
-            total = total + wires[p].to(torch.float64)
-        return (total / (hi - lo)).to(rows.dtype)
+        return (_position_total(wires, range(lo, hi)) / (hi - lo)).to(rows.dtype)
 
     return torch.compile(network, dynamic=False, fullgraph=True)
 
@@ -84,12 +108,6 @@ def _nearest_network(
 ) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
     plan = positions_plan(n, frozenset(range(n)))
 
-    def total_of(wires: list[Tensor], lo: int, hi: int) -> Tensor:
-        total = wires[lo].to(torch.float64)  # ``_columns.row_total``: position order, float64
-        for p in range(lo + 1, hi):
-            total = total + wires[p].to(torch.float64)
-        return total
-
     def network(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         wires = _sorted_wires(rows, plan)
         if around_median:  # ``_columns.middle_of``, its overflow fallback included
@@ -99,20 +117,29 @@ def _nearest_network(
                 low, high = wires[n // 2 - 1], wires[n // 2]
                 middle = (low + high) * 0.5
                 center = torch.where(torch.isinf(middle), low * 0.5 + high * 0.5, middle)
-            total = total_of(wires, n - k, k)
+            total = _position_total(wires, range(n - k, k))
         else:  # Phocas: Trmean_b's rows are the window's kept positions [b, n - b)
-            total = total_of(wires, b, n - b)
+            total = _position_total(wires, range(b, n - b))
             center = (total / (n - 2 * b)).to(rows.dtype)
-        # ``_columns.sorted_window_mean``: candidate a moves the window past it when
-        # s[a] + s[a + k] < 2c; the kept total, then the picked candidates in order
-        twice = center * 2
-        tied = torch.zeros_like(center, dtype=torch.bool)
-        for a in range(n - k):
-            low, high = wires[a], wires[a + k]
-            pair = low + high
-            total = total + torch.where(pair < twice, high, low).to(torch.float64)
-            tied = tied | ((pair == twice) & (low != high))
+        # ``_columns.sorted_window_mean``: the kept total, then the picked candidates in order
+        total, tied = _moved_window(wires, total, center * 2, range(n - k), k)
         return (total / k).to(rows.dtype), tied, center
+
+    return torch.compile(network, dynamic=False, fullgraph=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _median_window_network(m: int, k: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    plan, first, last_start = window_plan(m, k)
+
+    def network(vectors: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        # the selected rows are read in the kernel's loop (indirect loads), not copied first
+        wires = _sorted_wires(vectors.index_select(0, rows), plan)
+        twice = wires[(m - 1) // 2] + wires[m // 2]
+        # ``_columns.median_window_mean``: the positions in every window, then the candidates
+        total = _position_total(wires, range(last_start, first + k))
+        total, tied = _moved_window(wires, total, twice, range(first, last_start), k)
+        return (total / k).to(vectors.dtype), tied
 
     return torch.compile(network, dynamic=False, fullgraph=True)
 
@@ -181,6 +208,22 @@ def nearest_window_mean(
         return None
     kernel = _nearest_network(n, b, k, around_median)
     result: tuple[Tensor, Tensor, Tensor] | None = _call(lambda: kernel(rows.contiguous()))
+    return result
+
+
+def median_window_mean(vectors: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    """Per column of the finite ``vectors[rows]`` (CPU float32/float64, m = len(rows) > k >= 1),
+    the mean of the k values nearest to the column median, as ``_columns.median_window_mean``
+    computes it (Bulyan's second step), with the columns of an exact distance tie between two
+    different values (to be redone by row index); None where the compiled path is off or does
+    not apply. ``rows`` (int64 indices) is an input of the kernel: a new selection does not
+    compile again."""
+    m = rows.numel()
+    if not _applies(vectors) or not 1 <= k < m or rows.dtype != torch.int64:
+        return None
+    kernel = _median_window_network(m, k)
+    index = rows.to(vectors.device)
+    result: tuple[Tensor, Tensor] | None = _call(lambda: kernel(vectors.contiguous(), index))
     return result
 
 

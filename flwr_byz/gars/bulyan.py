@@ -9,7 +9,8 @@ paper's variant.
    geometric_median selector iterates on the centred rows. Ties: lowest index.
 2. Per coordinate: average of the beta values of S closest to the coordinate median of S. On CPU
    without participation tracking (the plain ``bulyan`` function) and a finite selection, only the
-   middle order statistics are computed (``_columns.median_window_mean``); columns with an exact
+   middle order statistics are computed (``_columns.median_window_mean``, or the same values by
+   its opt-in compiled network, ``_compiled.median_window_mean``); columns with an exact
    distance tie between two different values are redone by the general path (lowest row index).
    Both paths work through column blocks of the selected rows (``_columns.run_blocks``), so the
    step's extra memory is the blocks' temporaries and the (d,) output, not a copy of S.
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _compiled as compiled
 from ._checks import check_inputs, finite_rows, require
 from ._columns import median_window_mean, nearest_mean, run_blocks, sorted_columns
 from ._distances import checked_distances
@@ -100,9 +102,14 @@ class _Selector:
 
 
 def _fast_coordinate_step(vectors: Tensor, selected: Tensor, beta: int) -> Tensor:
-    """Step 2 on CPU for finite selected rows: middle order statistics only; exact ties redone."""
+    """Step 2 on CPU for finite selected rows: middle order statistics only (by the opt-in
+    compiled network where it applies, ``_compiled``); exact ties redone."""
     source = vectors.detach().numpy()
-    value, tied = median_window_mean(source, selected.tolist(), beta)
+    result = compiled.median_window_mean(vectors.detach(), selected, beta)
+    if result is not None:
+        value, tied = result[0].numpy(), np.flatnonzero(result[1].numpy())
+    else:
+        value, tied = median_window_mean(source, selected.tolist(), beta)
     if tied.size:
         sub = torch.from_numpy(source[np.ix_(selected.numpy(), tied)])  # only the tied columns
         center, _, ordered, order = median_of(sub, False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flwr_byz import gars
-from flwr_byz.gars import _compiled
+from flwr_byz.gars import _columns, _compiled
 
 
 @pytest.fixture
@@ -106,3 +106,37 @@ def test_compiled_phocas_and_meamed_are_the_numpy_ones_bit_for_bit(
     out = gars.get(name)(x, f)
     monkeypatch.setenv(_compiled.ENV_VAR, "0")
     assert torch.equal(out, gars.get(name)(x, f))
+
+
+@pytest.mark.parametrize("n,f", [(7, 1), (12, 2)])  # odd and even theta, empty kept range
+@pytest.mark.parametrize("variant", ["bulyan", "momentum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_bulyan_step_is_the_numpy_one_bit_for_bit(
+    compiled_on, monkeypatch, n, f, variant, dtype
+):
+    """Bulyan's second step on its selected rows (read by index in the kernel): the same values
+    as the numpy path, on rows with exact distance ties (redone by row index outside the kernel),
+    equal-valued columns and a shared large component; a second selection does not recompile."""
+    g = torch.Generator().manual_seed(n * 10 + f)
+    ties = torch.randint(-2, 3, (n, 300), generator=g).to(torch.float64)
+    shared = torch.randn(n, 300, generator=g, dtype=torch.float64) * 1e-3 + 1e4
+    x = torch.cat([ties, shared], dim=1).to(dtype)
+    x[:, :40] = x[0, :40]
+    theta = n - 2 * f - (2 if variant == "momentum" else 0)
+    beta = theta - 2 * f
+    rows = torch.randperm(n, generator=g)[:theta]
+    result = _compiled.median_window_mean(x, rows, beta)
+    if result is None:
+        pytest.skip(f"no compiled network here: {_compiled._BROKEN}")
+    reference, tied = _columns.median_window_mean(x.numpy(), rows.tolist(), beta)
+    assert torch.equal(torch.nonzero(result[1]).flatten(), torch.from_numpy(tied))
+    untied = torch.ones(x.shape[1], dtype=torch.bool)
+    untied[result[1]] = False
+    assert torch.equal(result[0][untied], torch.from_numpy(reference)[untied])
+    before = _compiled._median_window_network.cache_info()
+    out = gars.bulyan(x, f, variant=variant)  # its own selection: the same kernel
+    after = _compiled._median_window_network.cache_info()
+    assert after.misses == before.misses and after.hits > before.hits
+    monkeypatch.setenv(_compiled.ENV_VAR, "0")
+    assert torch.equal(out, gars.bulyan(x, f, variant=variant))
+    assert variant != "bulyan" or bool(result[1][:300].any())  # exact ties to redo
