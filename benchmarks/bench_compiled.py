@@ -4,10 +4,11 @@ interleaved in one process on the same input, and the first call's compile time.
 ``gars.rows_checked()``, as in a strategy round (the replies were screened finite while stacking):
 no finiteness pass over the input.
 
-    python benchmarks/bench_compiled.py [--rules median,trimmed_mean,phocas,meamed,bulyan]
+    python benchmarks/bench_compiled.py [--rules median,trimmed_mean,...]
                                         [--nodes 25,51] [--params 1000000] [--repeats 7]
 
-The trimmed mean and Phocas trim b = n // 4 values per side, MeaMed keeps n - f with f = n // 4;
+The trimmed mean and Phocas trim b = n // 4 values per side, MeaMed keeps n - f with f = n // 4
+and the nearest median n - f - 1;
 Bulyan (Krum selector) runs at its largest f, (n - 3) // 4, and only its second step is compiled.
 Prints per rule and n: the compile time (the first compiled call, which includes inductor's work
 or its disk cache), the median seconds of each path, the ratio compiled / numpy, and whether the
@@ -32,6 +33,7 @@ RULES = {
     "trimmed_mean": lambda x: gars.trimmed_mean(x, x.shape[0] // 4),
     "phocas": lambda x: gars.phocas(x, x.shape[0] // 4),
     "meamed": lambda x: gars.meamed(x, x.shape[0] // 4),
+    "nearest_median": lambda x: gars.get("nearest_median").fn(x, x.shape[0] // 4),
     "bulyan": lambda x: gars.bulyan(x, (x.shape[0] - 3) // 4),
 }
 

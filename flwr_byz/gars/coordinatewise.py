@@ -15,9 +15,9 @@ positions only (no transposing back). Phocas and MeaMed take the window of the n
 values from the sorted block directly (``_columns.sorted_window_mean``). Participation (``track``)
 is counted from each window's bounds in the block's values (``_columns.window_participation``), not
 from an index sort: the tracked output is the plain function's, bit for bit. With
-``FLWR_BYZ_COMPILED_NETWORKS=1`` the untracked median, trimmed mean, Phocas and MeaMed of finite
-CPU rows run their networks compiled (``_compiled``: the same values, 0.13-0.27x the time, a
-compile per n, dtype and d).
+``FLWR_BYZ_COMPILED_NETWORKS=1`` the untracked median, trimmed mean, Phocas, MeaMed and nearest
+median of finite CPU rows run their networks compiled (``_compiled``: the same values, 0.13-0.27x
+the time, a compile per n, dtype and d).
 """
 
 from __future__ import annotations
@@ -65,12 +65,12 @@ def _all_finite(vectors: Tensor) -> bool:
 
 
 def _block_keys(
-    rule: str, vectors: Tensor, tolerance: int, finite: bool | None = None
+    rule: str, vectors: Tensor, tolerance: int, finite: bool
 ) -> Callable[[slice], Tensor]:
     """The sort keys of a column block (``extremes_as_inf`` per block), after checking the whole
     input once for columns with more than ``tolerance`` NaN/inf (same error as unblocked).
-    ``finite``: the caller's ``_all_finite(vectors)``, when it has it."""
-    if finite if finite is not None else _all_finite(vectors):
+    ``finite``: the caller's ``_all_finite(vectors)``."""
+    if finite:
         return lambda cols: vectors[:, cols]
     worst, column = 0, 0
     for cols in column_blocks(vectors.shape[1], vectors.device):
@@ -162,11 +162,7 @@ def _nearest_rule(
         value, tied, *start = sorted_window_mean(
             ordered, center, k, with_start=track, kept_total=kept
         )
-        nearest = None
-        if bool(tied.any()):
-            columns = torch.nonzero(tied, as_tuple=True)[0]
-            sub = block[:, columns.to(block.device)].to(ordered.device, ordered.dtype)
-            value[columns], nearest = nearest_by_row_index(sub, center[columns], k)
+        nearest = _redo_tied(value, tied, block, center, k)
         if not track:
             return value, None
         # the window's rows from its bounds (no index sort); ties by row index from the redo
@@ -178,32 +174,41 @@ def _nearest_rule(
     return _run(vectors, step)
 
 
+def _redo_tied(value: Tensor, tied: Tensor, block: Tensor, center: Tensor, k: int) -> Tensor | None:
+    """The columns with an exact distance tie between two different values (``tied``), redone
+    by row index (lowest first) into ``value``; the rows they used, or None when there is none."""
+    if not bool(tied.any()):
+        return None
+    columns = torch.nonzero(tied, as_tuple=True)[0]
+    sub = block[:, columns.to(block.device)].to(value.device, value.dtype)
+    value[columns], nearest = nearest_by_row_index(sub, center[columns], k)
+    return nearest
+
+
 def _compiled_nearest(vectors: Tensor, b: int, k: int, around_median: bool) -> Tensor | None:
-    """Phocas's or MeaMed's value by the opt-in compiled network (``_compiled``), columns with an
-    exact distance tie redone by row index as ``_nearest_rule`` does; None when it is off."""
+    """The k-nearest mean by the opt-in compiled network (``_compiled``), tied columns redone by
+    row index as ``_nearest_rule`` does; None when it is off or does not apply."""
     result = compiled.nearest_window_mean(vectors, b, k, around_median)
     if result is None:
         return None
     value, tied, center = result
-    if bool(tied.any()):
-        columns = torch.nonzero(tied, as_tuple=True)[0]
-        value[columns], _ = nearest_by_row_index(vectors[:, columns], center[columns], k)
+    _redo_tied(value, tied, vectors, center, k)
     return value
 
 
-def _nearest_aggregate(
-    rule: str, vectors: Tensor, b: int, around_median: bool, track: bool
+def nearest_aggregate(
+    rule: str, vectors: Tensor, b: int, k: int, around_median: bool, track: bool
 ) -> Aggregation:
-    """Phocas (around Trmean_b) or MeaMed (around the median, b = f): the mean of the n - b
-    values nearest the centre, by the opt-in compiled network where it applies."""
-    n = vectors.shape[0]
+    """The mean of the k values nearest the median (MeaMed, the nearest median) or Trmean_b
+    (Phocas), at most b NaN/inf per coordinate, by the opt-in compiled network where it
+    applies."""
     finite = _all_finite(vectors)
     if finite and not track:
-        value = _compiled_nearest(vectors, b, n - b, around_median)
+        value = _compiled_nearest(vectors, b, k, around_median)
         if value is not None:
             return Aggregation(value, None, None)
     keys = _block_keys(rule, vectors, b, finite)
-    return _nearest_rule(vectors, keys, b, n - b, around_median, track)
+    return _nearest_rule(vectors, keys, b, k, around_median, track)
 
 
 def _median_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
@@ -240,13 +245,13 @@ def _phocas_impl(
     n, _, f = check_inputs("phocas", vectors, f)
     b = _b_or_f("phocas", b, f)
     require("phocas", n, f, n >= 2 * b + 1, f"n >= 2b + 1 with b={b}")
-    return _nearest_aggregate("phocas", vectors, b, False, track)
+    return nearest_aggregate("phocas", vectors, b, n - b, False, track)
 
 
 def _meamed_impl(vectors: Tensor, f: int, *, track: bool = True) -> Aggregation:
     n, _, f = check_inputs("meamed", vectors, f)
     require("meamed", n, f, n >= 2 * f + 1, "n >= 2f + 1")
-    return _nearest_aggregate("meamed", vectors, f, True, track)
+    return nearest_aggregate("meamed", vectors, f, n - f, True, track)
 
 
 def median(vectors: Tensor, f: int) -> Tensor:

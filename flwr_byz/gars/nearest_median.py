@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._checks import check_inputs, require
 from ._types import Aggregation
-from .coordinatewise import _block_keys, _nearest_rule
+from .coordinatewise import nearest_aggregate
 
 
 def nearest_median_min_n(f: int, k: int | None = None, **_: object) -> int:
@@ -32,8 +32,7 @@ def _nearest_median_impl(
     k = n - f - 1 if k is None else k
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"nearest_median needs 1 <= k <= n, got k={k!r}, n={n}, f={f}")
-    keys = _block_keys("nearest_median", vectors, f)
-    return _nearest_rule(vectors, keys, f, k, True, track)
+    return nearest_aggregate("nearest_median", vectors, f, k, True, track)
 
 
 def nearest_median(vectors: Tensor, f: int, k: int | None = None) -> Tensor:

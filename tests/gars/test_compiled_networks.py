@@ -86,24 +86,30 @@ def test_compiled_trimmed_mean_is_the_numpy_one_bit_for_bit(compiled_on, monkeyp
     assert torch.allclose(out.double(), reference, rtol=1e-6 if dtype == torch.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("name", ["phocas", "meamed"])
+@pytest.mark.parametrize("name", ["phocas", "meamed", "nearest_median"])
 @pytest.mark.parametrize("n,f", [(7, 2), (8, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_phocas_and_meamed_are_the_numpy_ones_bit_for_bit(
+def test_compiled_nearest_rules_are_the_numpy_ones_bit_for_bit(
     compiled_on, monkeypatch, name, n, f, dtype
 ):
-    """On rows with exact distance ties (small integers: the tied columns are redone by row index
+    """Phocas, MeaMed and the nearest median (k = n - f - 1, here with f - 1 so that k > n / 2)
+    on rows with exact distance ties (small integers: the tied columns are redone by row index
     outside the kernel), equal-valued columns and a shared large component."""
+    if name == "nearest_median":
+        f -= 1
+    k = n - f - (name == "nearest_median")
     g = torch.Generator().manual_seed(n * 10 + f)
     ties = torch.randint(-2, 3, (n, 300), generator=g).to(torch.float64)
     shared = torch.randn(n, 300, generator=g, dtype=torch.float64) * 1e-3 + 1e4
     x = torch.cat([ties, shared], dim=1).to(dtype)
     x[:, :40] = x[0, :40]
-    result = _compiled.nearest_window_mean(x, f, n - f, name == "meamed")
+    result = _compiled.nearest_window_mean(x, f, k, name != "phocas")
     if result is None:
         pytest.skip(f"no compiled network here: {_compiled._BROKEN}")
     assert bool(result[1][:300].any())  # the integer columns have exact ties to redo
+    hits = _compiled._nearest_network.cache_info().hits
     out = gars.get(name)(x, f)
+    assert _compiled._nearest_network.cache_info().hits > hits  # the rule took the kernel
     monkeypatch.setenv(_compiled.ENV_VAR, "0")
     assert torch.equal(out, gars.get(name)(x, f))
 
