@@ -383,8 +383,11 @@ def apply_rule(
     label: str,
 ) -> RuleResult:
     """``run(vectors, f')`` (the chain and the rule) when there are ``n >= needed`` rows (and at
-    least one), else the "too few" reason. A ``ValueError`` of the rule, or a non-finite aggregate
-    (a ``(d,)`` check), gives no aggregation and the reason."""
+    least one), else the "too few" reason. A ``ValueError`` of the rule (its refusal), a
+    ``RuntimeError`` or ``ArithmeticError`` (a failure on this round's input: a failed
+    decomposition, memory; its traceback logged at DEBUG), or a non-finite aggregate (a ``(d,)``
+    check) gives no aggregation and the reason: the round keeps the model, the run goes on. Other
+    exceptions (a programming error) propagate."""
     n, f = stacked.n, screened.num_byzantine
     if n == 0 or n < needed:
         too_few = (
@@ -402,6 +405,10 @@ def apply_rule(
             torch.cuda.synchronize(aggregation.vector.device)
     except ValueError as err:
         reason = f"{label} refused the round: {err}"
+    except (RuntimeError, ArithmeticError) as err:
+        kind = type(err).__name__.lstrip("_")  # torch's LinAlgError class is _LinAlgError
+        reason = f"{label} failed on this round's input ({kind}: {err})"
+        _LOG.debug("%s", reason, exc_info=True)
     seconds = time.perf_counter() - start
     if aggregation is not None and not all_finite(aggregation.vector):
         return RuleResult(None, f"{label} returned a non-finite aggregate", seconds)

@@ -145,7 +145,7 @@ def test_rule_stage_runs_the_rule_with_the_effective_f() -> None:
     assert torch.equal(ruled.aggregation.vector, rule(rows, 1))
 
 
-def test_rule_stage_turns_a_refusal_and_a_non_finite_aggregate_into_reasons() -> None:
+def test_rule_stage_turns_a_refusal_a_failure_and_a_non_finite_aggregate_into_reasons() -> None:
     rows = torch.ones(3, 2)
     screened = _screened(rows)
     stacked = stack(screened, torch.zeros(2), torch.device("cpu"))
@@ -155,6 +155,21 @@ def test_rule_stage_turns_a_refusal_and_a_non_finite_aggregate_into_reasons() ->
 
     refused = apply_rule(refuse, stacked, screened, 1, "r")
     assert refused.aggregation is None and refused.reason == "r refused the round: no way"
+
+    def failed(vectors: torch.Tensor, f: int) -> gars.Aggregation:
+        raise torch.linalg.LinAlgError("the eigen-decomposition did not converge")
+
+    broken = apply_rule(failed, stacked, screened, 1, "r")
+    assert broken.aggregation is None
+    assert broken.reason == (
+        "r failed on this round's input (LinAlgError: the eigen-decomposition did not converge)"
+    )
+
+    def bug(vectors: torch.Tensor, f: int) -> gars.Aggregation:
+        raise TypeError("a programming error")
+
+    with pytest.raises(TypeError, match="a programming error"):  # not hidden as a refusal
+        apply_rule(bug, stacked, screened, 1, "r")
 
     def overflow(vectors: torch.Tensor, f: int) -> gars.Aggregation:
         return gars.Aggregation(torch.full((2,), float("inf")), None, None)

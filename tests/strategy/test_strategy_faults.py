@@ -3,6 +3,7 @@ sent; client metrics are robust to lying clients (both APIs)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -389,3 +390,37 @@ def test_median_client_metrics_by_hand() -> None:
     ]
     got = median_client_metrics(rows, exclude={"num-examples"})
     assert got == {"acc": pytest.approx((0.6 + 0.7) / 2), "vec": [2.0, 20.0]}
+
+
+def test_a_rule_failing_on_one_round_keeps_the_model_and_the_run_goes_on(monkeypatch) -> None:
+    """A ``RuntimeError`` of the rule (a failed decomposition, out of memory) on round 1's input
+    refuses that round with its reason; round 2 aggregates as usual."""
+    from flwr_byz.strategy.core import RobustAggregator
+
+    original = RobustAggregator._run_rule
+
+    def failing_once(self, vectors, f, track, server_round=0):
+        if server_round == 1:
+            raise RuntimeError("out of memory on purpose")
+        return original(self, vectors, f, track, server_round)
+
+    monkeypatch.setattr(RobustAggregator, "_run_rule", failing_once)
+    roles = ["honest"] * 7
+    strategy = Krum(num_byzantine=1, **_sampling(len(roles)))
+    grid = InProcessGrid(make_client_app(), node_configs(roles))
+    start = initial_arrays()
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("flwr.byz")
+    logger.addHandler(handler)
+    try:
+        result = strategy.start(grid, to_record(start), num_rounds=2)
+    finally:
+        logger.removeHandler(handler)
+    expected = "krum failed on this round's input (RuntimeError: out of memory on purpose)"
+    assert any(line.startswith("round 1: model kept") and expected in line for line in warnings)
+    first, second = result.train_metrics_clientapp[1], result.train_metrics_clientapp[2]
+    assert first["byz.kept-model"] == 1.0 and second["byz.kept-model"] == 0.0
+    assert not np.array_equal(flat(from_record(result.arrays)), flat(start))
+    assert strategy.last_round_report.reason_kept is None
