@@ -12,7 +12,7 @@ fixed lower median ``c_lo`` below them (kept while ``c_lo - a <= delta_lo``). So
     kept  <=>  c_lo - delta_lo <= a <= c_hi + delta_hi.
 
 :class:`CoordinateStep` computes these bounds once per selection (on CPU only the sorted
-positions they read, by a sorting network pruned to them, ``gars._columns.order_statistics``:
+positions they read, by a sorting network pruned to them, ``gars._networks.order_statistics``:
 about half the time of gathering and sorting every column) and then decides a step with a few
 passes over ``d`` values; columns whose attack value
 lies within rounding of a bound are decided by :func:`kept` itself, so every decision is the
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flwr_byz.gars._columns import order_statistics
+from flwr_byz.gars._networks import order_statistics
 
 # Columns tried first at each step: some of those that kept the copies at the last chosen step.
 HINT_COLUMNS = 1024

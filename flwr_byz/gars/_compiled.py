@@ -2,7 +2,7 @@
 mean, Phocas, MeaMed and Bulyan's second step.
 
 ``torch.compile`` (inductor's C++ backend) fuses the pruned Batcher network of
-``_columns.positions_plan`` into one loop over the columns: each column's n values stay in
+``_networks.positions_plan`` into one loop over the columns: each column's n values stay in
 registers and the input is read once. The comparators are the same ``min``/``max`` as the numpy
 network, so the values are the same bit for bit (the float64 sums too: the same additions in the
 same order; Phocas's and MeaMed's window selection is ``_columns.sorted_window_mean``'s, and their
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._columns import positions_plan, window_plan
+from ._networks import positions_plan, window_plan
 
 ENV_VAR = "FLWR_BYZ_COMPILED_NETWORKS"
 _FUSION_SIZE = 4096  # inductor fuses up to this many nodes (default 64 splits the n = 51 network)

@@ -1,11 +1,11 @@
-"""The pruned sorting network (``_columns.order_statistics``) against ``np.sort``."""
+"""The pruned sorting network (``_networks.order_statistics``) against ``np.sort``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flwr_byz.gars._columns import order_statistics, positions_plan
+from flwr_byz.gars._networks import order_statistics, positions_plan
 
 
 @pytest.mark.parametrize("m", [2, 3, 7, 15, 16, 27, 39])
