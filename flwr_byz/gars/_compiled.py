@@ -206,7 +206,8 @@ def nearest_window_mean(
     n = rows.shape[0]
     if not _applies(rows) or not (n - k < k <= n and 0 <= 2 * b < n):
         return None
-    kernel = _nearest_network(n, b, k, around_median)
+    # b plays no part around the median: one kernel for MeaMed and the nearest median at a k
+    kernel = _nearest_network(n, 0 if around_median else b, k, around_median)
     result: tuple[Tensor, Tensor, Tensor] | None = _call(lambda: kernel(rows.contiguous()))
     return result
 

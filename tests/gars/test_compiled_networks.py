@@ -146,3 +146,16 @@ def test_compiled_bulyan_step_is_the_numpy_one_bit_for_bit(
     monkeypatch.setenv(_compiled.ENV_VAR, "0")
     assert torch.equal(out, gars.bulyan(x, f, variant=variant))
     assert variant != "bulyan" or bool(result[1][:300].any())  # exact ties to redo
+
+
+def test_meamed_and_the_nearest_median_share_one_kernel_at_a_k(compiled_on):
+    """Around the median the trim b plays no part: MeaMed at f and the nearest median at f - 1
+    keep the same k = n - f values, so the second takes the first's compiled kernel."""
+    n, f = 9, 3
+    x = _rows(n, torch.float32)
+    if _compiled.nearest_window_mean(x, f, n - f, True) is None:
+        pytest.skip(f"no compiled network here: {_compiled._BROKEN}")
+    misses = _compiled._nearest_network.cache_info().misses
+    gars.meamed(x, f)
+    gars.get("nearest_median").fn(x, f - 1)
+    assert _compiled._nearest_network.cache_info().misses == misses
