@@ -545,12 +545,28 @@ def block_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int
 
 
 _COLUMN_BLOCK = 16384  # columns per block of the coordinate-wise rules (a multiple of 64)
+# A block's sort table (``sorted_block``: B columns of ``rows`` values) is kept under this many
+# bytes, inside a 2 MB L2: at n = 51 float32 the 16384-column table (3.3 MB) made Phocas and
+# MeaMed ~2x slower than 8192 columns (1.7 MB), paired runs, benchmarks/README.md.
+_SORT_TABLE_BYTES = 1_750_000
 _DEVICE_BLOCK = 1 << 22  # on accelerators: fewer, larger blocks (launch overhead)
 
 
-def column_blocks(d: int, device: torch.device) -> list[slice]:
-    """Column slices of at most ``_COLUMN_BLOCK`` (CPU) or ``_DEVICE_BLOCK`` columns."""
-    size = _COLUMN_BLOCK if device.type == "cpu" else _DEVICE_BLOCK
+def block_width(rows: int | None, itemsize: int) -> int:
+    """Columns per CPU block: ``_COLUMN_BLOCK``, fewer (a multiple of 64, at least 64) where
+    ``rows`` values of ``itemsize`` bytes per column would overflow ``_SORT_TABLE_BYTES``."""
+    if rows is None:
+        return _COLUMN_BLOCK
+    fitting = _SORT_TABLE_BYTES // (max(rows, 1) * itemsize) // 64 * 64
+    return max(64, min(_COLUMN_BLOCK, fitting))
+
+
+def column_blocks(
+    d: int, device: torch.device, rows: int | None = None, itemsize: int = 4
+) -> list[slice]:
+    """Column slices of at most ``block_width(rows, itemsize)`` (CPU) or ``_DEVICE_BLOCK``
+    columns; ``rows``: the height of the blocks the caller sorts (None: no sort table)."""
+    size = block_width(rows, itemsize) if device.type == "cpu" else _DEVICE_BLOCK
     return [slice(lo, min(d, lo + size)) for lo in range(0, d, size)]
 
 
@@ -731,6 +747,7 @@ def run_blocks(
     d: int,
     device: torch.device,
     middle_window: tuple[Tensor, Tensor, int] | None = None,
+    height: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``step(cols) -> (value (B,), counts (n,) or None)`` over the column blocks of a
     ``(n, d)`` input; returns the ``(d,)`` values and the participation (normalised counts,
@@ -739,12 +756,13 @@ def run_blocks(
     ``middle_window = (vectors, selected, k)`` (Bulyan's coordinate step with participation):
     where ``median_window_tracked`` applies (CPU, float32/64, finite selected rows, more rows
     than k) it replaces ``step``: the plain function's values, counts from the window bounds.
+    ``height = (rows, itemsize)`` of the blocks ``step`` sorts sizes them (``column_blocks``).
     """
     if middle_window is not None:
         done = median_window_tracked(*middle_window)
         if done is not None:
             return done
-    blocks = column_blocks(d, device)
+    blocks = column_blocks(d, device, *(height or (None,)))
     first, counts = step(blocks[0])
     # Written in place: (d,)-sized results kept per block would fragment the heap (measured: the
     # peak grew by ~0.4x the input at d = 1e7 as freed block buffers could not be reused).

@@ -2,7 +2,8 @@
 
 Trimmed mean and Phocas follow Xie, Koyejo, Gupta, "Phocas" (2018), Def. 7 and 8; MeaMed averages
 the n-f values nearest to the median. Every rule works through column blocks (``_columns.
-run_blocks``: ~16k columns on CPU, cache-resident), so its extra memory is the blocks' temporaries
+run_blocks``: on CPU up to 16k columns, fewer where n is large, so that a block's sort table
+stays cache-resident), so its extra memory is the blocks' temporaries
 and the (d,) output, not a sorted copy of the input. NaN/inf count as the most extreme values of
 their coordinate (see ``_checks.extremes_as_inf``, applied per block): with at most f (b) of them
 per coordinate the output is finite. Exact distance ties between different values go to the lowest
@@ -83,8 +84,13 @@ def _block_keys(
     return lambda cols: extremes_as_inf(rule, vectors[:, cols], tolerance)
 
 
-def _run(vectors: Tensor, step: _Step) -> Aggregation:
-    value, share = run_blocks(step, vectors.shape[1], vectors.device)
+def _run(vectors: Tensor, step: _Step, sorts: bool = False) -> Aggregation:
+    """``run_blocks`` over blocks of all n rows; ``sorts``: the step sorts each whole block and
+    works on the sorted copy, so the blocks are sized for that table (float32, or float64 for
+    float64 input) to stay in cache (``block_width``)."""
+    itemsize = 8 if vectors.dtype == torch.float64 else 4
+    height = (vectors.shape[0], itemsize) if sorts else None
+    value, share = run_blocks(step, vectors.shape[1], vectors.device, height=height)
     return Aggregation(value.to(vectors.device, vectors.dtype), None, share)
 
 
@@ -171,7 +177,7 @@ def _nearest_rule(
             counts += _row_counts(n, nearest.cpu())
         return value, counts
 
-    return _run(vectors, step)
+    return _run(vectors, step, sorts=True)
 
 
 def _redo_tied(value: Tensor, tied: Tensor, block: Tensor, center: Tensor, k: int) -> Tensor | None:

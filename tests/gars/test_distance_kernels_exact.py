@@ -151,8 +151,15 @@ def test_rules_select_as_the_reference_on_the_raw_path(case: str) -> None:
     np.testing.assert_allclose(
         gars.multi_krum(x, f).double().numpy(), rows[expected].mean(axis=0), rtol=1e-5, atol=1e-6
     )
+    # The medoid: the reference's row, or in "near_pair" its twin, whose total distance differs
+    # by ~2e-8 relative, below the distances' documented accuracy (~1e-7): either may be picked
+    # (which one depends on the CPU's float32 GEMM rounding), no row with a larger total.
     medoid = gars.medoid(x, f)
-    assert torch.equal(medoid, x[ref.medoid_index(rows)])
+    chosen = [i for i in range(n) if torch.equal(medoid, x[i])]
+    totals = [sum(math.sqrt(ref.sq_dist(rows[i], rows[j])) for j in range(n)) for i in range(n)]
+    assert chosen and totals[chosen[0]] <= min(totals) * (1 + 1e-6)
+    if case != "near_pair":
+        assert chosen[0] == ref.medoid_index(rows)
     subset = ref.brute_indices(rows, 1)
     np.testing.assert_allclose(
         gars.brute(x, 1).double().numpy(), rows[subset].mean(axis=0), rtol=1e-5, atol=1e-6

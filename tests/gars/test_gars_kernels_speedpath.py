@@ -126,3 +126,37 @@ def test_torch_window_branch_matches_numpy_branch(monkeypatch, name):
     expected = getattr(gars, name)(x, 3)
     monkeypatch.setattr(_columns, "_NUMPY_DTYPES", ())
     torch.testing.assert_close(getattr(gars, name)(x, 3), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 25, 39, 51, 101, 10_000])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_block_width_keeps_the_sort_table_in_its_budget(rows, itemsize):
+    width = _columns.block_width(rows, itemsize)
+    assert width % 64 == 0 and 64 <= width <= _columns._COLUMN_BLOCK
+    if width > 64:  # the floor of 64 columns may exceed the budget for huge n, nothing else
+        assert rows * width * itemsize <= _columns._SORT_TABLE_BYTES
+    if width < _columns._COLUMN_BLOCK:  # not narrower than needed: 64 more columns overflow
+        assert rows * (width + 64) * itemsize > _columns._SORT_TABLE_BYTES
+    assert _columns.block_width(None, itemsize) == _columns._COLUMN_BLOCK
+
+
+@pytest.mark.parametrize("name", ["phocas", "meamed"])
+def test_nearest_rules_take_blocks_sized_by_their_sort_table(monkeypatch, name):
+    """Phocas and MeaMed sort whole blocks: their blocks shrink with n (the budget made small
+    here), and the result is the one of a single block, bit for bit."""
+    n, f = 15, 3
+    x = _inputs(n, 700, 0, torch.float32, seed=5)
+    monkeypatch.setattr(_columns, "_SORT_TABLE_BYTES", 10**12)
+    whole = gars.get(name).fn(x, f)
+    monkeypatch.setattr(_columns, "_SORT_TABLE_BYTES", n * 4 * 128)
+    widths: list[int] = []
+    original = _columns.column_blocks
+
+    def spy(d, device, rows=None, itemsize=4):
+        blocks = original(d, device, rows, itemsize)
+        widths.append(blocks[0].stop - blocks[0].start)
+        return blocks
+
+    monkeypatch.setattr(_columns, "column_blocks", spy)
+    assert torch.equal(gars.get(name).fn(x, f), whole)
+    assert 128 in widths
