@@ -552,21 +552,19 @@ _SORT_TABLE_BYTES = 1_750_000
 _DEVICE_BLOCK = 1 << 22  # on accelerators: fewer, larger blocks (launch overhead)
 
 
-def block_width(rows: int | None, itemsize: int) -> int:
-    """Columns per CPU block: ``_COLUMN_BLOCK``, fewer (a multiple of 64, at least 64) where
-    ``rows`` values of ``itemsize`` bytes per column would overflow ``_SORT_TABLE_BYTES``."""
-    if rows is None:
-        return _COLUMN_BLOCK
+def block_width(rows: int, dtype: torch.dtype) -> int:
+    """Columns per CPU block for a step that sorts whole ``(rows, B)`` blocks: ``_COLUMN_BLOCK``,
+    fewer (a multiple of 64, at least 64) where the sort table (``sorted_block``'s dtype) would
+    overflow ``_SORT_TABLE_BYTES``."""
+    itemsize = dtype.itemsize if dtype in _NUMPY_DTYPES else torch.float32.itemsize
     fitting = _SORT_TABLE_BYTES // (max(rows, 1) * itemsize) // 64 * 64
     return max(64, min(_COLUMN_BLOCK, fitting))
 
 
-def column_blocks(
-    d: int, device: torch.device, rows: int | None = None, itemsize: int = 4
-) -> list[slice]:
-    """Column slices of at most ``block_width(rows, itemsize)`` (CPU) or ``_DEVICE_BLOCK``
-    columns; ``rows``: the height of the blocks the caller sorts (None: no sort table)."""
-    size = block_width(rows, itemsize) if device.type == "cpu" else _DEVICE_BLOCK
+def column_blocks(d: int, device: torch.device, width: int | None = None) -> list[slice]:
+    """Column slices of at most ``width`` (default ``_COLUMN_BLOCK``) columns on CPU, or
+    ``_DEVICE_BLOCK`` columns elsewhere."""
+    size = (width or _COLUMN_BLOCK) if device.type == "cpu" else _DEVICE_BLOCK
     return [slice(lo, min(d, lo + size)) for lo in range(0, d, size)]
 
 
@@ -747,7 +745,7 @@ def run_blocks(
     d: int,
     device: torch.device,
     middle_window: tuple[Tensor, Tensor, int] | None = None,
-    height: tuple[int, int] | None = None,
+    width: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``step(cols) -> (value (B,), counts (n,) or None)`` over the column blocks of a
     ``(n, d)`` input; returns the ``(d,)`` values and the participation (normalised counts,
@@ -756,13 +754,13 @@ def run_blocks(
     ``middle_window = (vectors, selected, k)`` (Bulyan's coordinate step with participation):
     where ``median_window_tracked`` applies (CPU, float32/64, finite selected rows, more rows
     than k) it replaces ``step``: the plain function's values, counts from the window bounds.
-    ``height = (rows, itemsize)`` of the blocks ``step`` sorts sizes them (``column_blocks``).
+    ``width``: columns per CPU block (``column_blocks``; ``block_width`` for steps that sort).
     """
     if middle_window is not None:
         done = median_window_tracked(*middle_window)
         if done is not None:
             return done
-    blocks = column_blocks(d, device, *(height or (None,)))
+    blocks = column_blocks(d, device, width)
     first, counts = step(blocks[0])
     # Written in place: (d,)-sized results kept per block would fragment the heap (measured: the
     # peak grew by ~0.4x the input at d = 1e7 as freed block buffers could not be reused).

@@ -2,11 +2,11 @@
 
 Trimmed mean and Phocas follow Xie, Koyejo, Gupta, "Phocas" (2018), Def. 7 and 8; MeaMed averages
 the n-f values nearest to the median. Every rule works through column blocks (``_columns.
-run_blocks``: on CPU up to 16k columns, fewer where n is large, so that a block's sort table
-stays cache-resident), so its extra memory is the blocks' temporaries
-and the (d,) output, not a sorted copy of the input. NaN/inf count as the most extreme values of
-their coordinate (see ``_checks.extremes_as_inf``, applied per block): with at most f (b) of them
-per coordinate the output is finite. Exact distance ties between different values go to the lowest
+run_blocks``: on CPU up to 16k columns, fewer for Phocas and MeaMed at large n, so that a block's
+sort table stays cache-resident), so its extra memory is the blocks' temporaries and the (d,)
+output, not a sorted copy of the input. NaN/inf count as the most extreme values of their
+coordinate (see ``_checks.extremes_as_inf``, applied per block): with at most f (b) of them per
+coordinate the output is finite. Exact distance ties between different values go to the lowest
 row index. The median and trimmed mean read only the window's sorted positions (and one on each side
 with participation): on CPU, where the pruned sorting network has few comparators
 (``_columns.network_order_statistics``: n up to ~39 for the median), it computes just those
@@ -32,6 +32,7 @@ from . import _compiled as compiled
 from ._checks import check_inputs, extremes_as_inf, require, rows_known_finite
 from ._columns import (
     block_order_statistics,
+    block_width,
     column_blocks,
     fixed_window_participation,
     mean_of_total,
@@ -86,11 +87,9 @@ def _block_keys(
 
 def _run(vectors: Tensor, step: _Step, sorts: bool = False) -> Aggregation:
     """``run_blocks`` over blocks of all n rows; ``sorts``: the step sorts each whole block and
-    works on the sorted copy, so the blocks are sized for that table (float32, or float64 for
-    float64 input) to stay in cache (``block_width``)."""
-    itemsize = 8 if vectors.dtype == torch.float64 else 4
-    height = (vectors.shape[0], itemsize) if sorts else None
-    value, share = run_blocks(step, vectors.shape[1], vectors.device, height=height)
+    works on the sorted copy, so the blocks are sized for that table to stay in cache."""
+    width = block_width(vectors.shape[0], vectors.dtype) if sorts else None
+    value, share = run_blocks(step, vectors.shape[1], vectors.device, width=width)
     return Aggregation(value.to(vectors.device, vectors.dtype), None, share)
 
 

@@ -91,16 +91,20 @@ def multi_krum_indices(x: np.ndarray, f: int, m: int) -> list[int]:
     return sorted(range(len(x)), key=lambda i: (scores[i], i))[:m]
 
 
-def medoid_index(x: np.ndarray) -> int:
+def medoid_totals(x: np.ndarray) -> list[float]:
+    """Each row's sum of Euclidean distances to the finite rows (inf for a non-finite row)."""
     n = len(x)
     finite = [bool(np.isfinite(x[i]).all()) for i in range(n)]
-    totals = [
+    return [
         sum(math.sqrt(sq_dist(x[i], x[j])) for j in range(n) if finite[j])
         if finite[i]
         else math.inf
         for i in range(n)
     ]
-    return argmin_first(totals)
+
+
+def medoid_index(x: np.ndarray) -> int:
+    return argmin_first(medoid_totals(x))
 
 
 def brute_indices(x: np.ndarray, f: int) -> list[int]:

@@ -129,15 +129,15 @@ def test_torch_window_branch_matches_numpy_branch(monkeypatch, name):
 
 
 @pytest.mark.parametrize("rows", [1, 7, 25, 39, 51, 101, 10_000])
-@pytest.mark.parametrize("itemsize", [4, 8])
-def test_block_width_keeps_the_sort_table_in_its_budget(rows, itemsize):
-    width = _columns.block_width(rows, itemsize)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_block_width_keeps_the_sort_table_in_its_budget(rows, dtype):
+    width = _columns.block_width(rows, dtype)
+    itemsize = 4 if dtype == torch.bfloat16 else dtype.itemsize  # numpy sorts bfloat16 as float32
     assert width % 64 == 0 and 64 <= width <= _columns._COLUMN_BLOCK
     if width > 64:  # the floor of 64 columns may exceed the budget for huge n, nothing else
         assert rows * width * itemsize <= _columns._SORT_TABLE_BYTES
     if width < _columns._COLUMN_BLOCK:  # not narrower than needed: 64 more columns overflow
         assert rows * (width + 64) * itemsize > _columns._SORT_TABLE_BYTES
-    assert _columns.block_width(None, itemsize) == _columns._COLUMN_BLOCK
 
 
 @pytest.mark.parametrize("name", ["phocas", "meamed"])
@@ -152,8 +152,8 @@ def test_nearest_rules_take_blocks_sized_by_their_sort_table(monkeypatch, name):
     widths: list[int] = []
     original = _columns.column_blocks
 
-    def spy(d, device, rows=None, itemsize=4):
-        blocks = original(d, device, rows, itemsize)
+    def spy(d, device, width=None):
+        blocks = original(d, device, width)
         widths.append(blocks[0].stop - blocks[0].start)
         return blocks
 
