@@ -547,7 +547,8 @@ def block_order_statistics(block: Tensor, positions: frozenset[int]) -> dict[int
 _COLUMN_BLOCK = 16384  # columns per block of the coordinate-wise rules (a multiple of 64)
 # A block's sort table (``sorted_block``: B columns of ``rows`` values) is kept under this many
 # bytes, inside a 2 MB L2: at n = 51 float32 the 16384-column table (3.3 MB) made Phocas and
-# MeaMed ~2x slower than 8192 columns (1.7 MB), paired runs, benchmarks/README.md.
+# MeaMed 1.07-2.5x slower than the 8576 columns this gives (bimodal timings; paired runs,
+# benchmarks/README.md).
 _SORT_TABLE_BYTES = 1_750_000
 _DEVICE_BLOCK = 1 << 22  # on accelerators: fewer, larger blocks (launch overhead)
 
